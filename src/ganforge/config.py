@@ -1,0 +1,266 @@
+"""Typed configuration: a tree of dataclasses, named presets, and type-checked `--set key=value`.
+
+A preset is a function returning a `Config`; `resolve_config` applies the command-line overrides
+and refuses unknown keys and ill-typed values with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from ganforge.errors import ConfigError
+from ganforge.registry import Registry
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist-5k"          # a key of ganforge.data.DATASETS
+    root: Optional[str] = None      # --data-dir: where the dataset's files are
+    split: str = "train"
+    size: int = 0                   # image side in pixels; 0 keeps the dataset's own size
+    limit: int = 0                  # use only the first N images; 0 uses all
+    hflip: bool = False             # random horizontal flips, drawn batch-wise on the device
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "dcgan"             # a key of ganforge.models.MODELS
+    z_dim: int = 100
+    g_channels: int = 64            # width of the generator's last hidden layer
+    d_channels: int = 64            # width of the discriminator's first layer
+    conditional: bool = False       # class-conditional G and D (needs a labelled dataset)
+    dropout: float = 0.0            # discriminator dropout
+    upsample: str = "nearest"       # for arch=upsample: nearest | bilinear
+    ema: float = 0.0                # decay of an exponential moving average of G; 0 turns it off
+
+
+@dataclass
+class LossConfig:
+    name: str = "bce"               # a key of ganforge.losses.LOSSES
+    label_smoothing: float = 0.0    # one-sided: real targets become 1 - label_smoothing
+    label_flip: float = 0.0         # probability of swapping real and fake targets for D
+    gp_weight: float = 10.0         # gradient-penalty weight (wgan-gp)
+    n_critic: int = 1               # discriminator steps per generator step
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"              # adam | sgd
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    momentum: float = 0.0           # sgd only
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0              # stop after this many steps (batches); 0 means no limit
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"            # auto | cpu | cuda | mps
+    deterministic: bool = False     # bit-exact reruns and resumes (slower kernels)
+    log_every: int = 25             # steps between metrics.jsonl lines (and the only host syncs)
+    sample_every: int = 1           # epochs between sample grids
+    checkpoint_every: int = 1       # epochs between checkpoints
+    keep_checkpoints: int = 3
+    num_samples: int = 64           # fixed latent vectors drawn for every snapshot (8x8 grid)
+    amp: str = "auto"               # auto (bf16 on CUDA) | bf16 | off
+    channels_last: bool = True
+    compile: bool = False           # torch.compile the generator and discriminator
+    threads: int = 0                # CPU threads; 0 uses every core
+
+
+@dataclass
+class Config:
+    preset: str = "demo"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = ("data", "model", "loss", "optim", "train")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str                     # which founding document / paper it reproduces
+    build: Callable[[], Config]
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+
+def register_preset(name: str, *, source: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
+    def add(build: Callable[[], Config]) -> Callable[[], Config]:
+        PRESETS.register(name)(Preset(name=name, source=source, build=build))
+        return build
+
+    return add
+
+
+def preset_config(name: str) -> Config:
+    import ganforge.presets  # noqa: F401  (fills PRESETS)
+
+    cfg = PRESETS.get(name).build()
+    cfg.preset = name
+    return cfg
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def _fields(obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {type(None): "none", bool: "true/false", int: "an integer", float: "a number", str: "text"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def parse_value(key: str, text: str, tp: Any) -> Any:
+    """Turn the command-line text for `key` into a value of type `tp`, or raise ConfigError."""
+    if typing.get_origin(tp) is typing.Union:
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in ("none", "null", ""):
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+    raw = text.strip()
+    try:
+        if tp is bool:
+            low = raw.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            value = float(raw) if any(c in raw.lower() for c in ".e") else int(raw, 0)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is float:
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+            return value
+        if tp is str:
+            return raw
+    except (ValueError, OverflowError):
+        pass
+    raise ConfigError(f"{key}={text!r}: expected {_type_name(tp)}")
+
+
+def _lookup(cfg: Config, key: str) -> tuple[Any, str, str]:
+    """Find the dataclass holding `key` ("section.field" or a field name unique across sections)."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] in SECTIONS:
+        section = getattr(cfg, parts[0])
+        if parts[1] in _fields(section):
+            return section, parts[1], key
+    elif len(parts) == 1:
+        hits = [s for s in SECTIONS if parts[0] in _fields(getattr(cfg, s))]
+        if len(hits) == 1:
+            return getattr(cfg, hits[0]), parts[0], f"{hits[0]}.{parts[0]}"
+        if len(hits) > 1:
+            raise ConfigError(f"{key!r} is ambiguous; write one of: {', '.join(f'{s}.{key}' for s in hits)}")
+    raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys(cfg))}")
+
+
+def all_keys(cfg: Config) -> list[str]:
+    return [f"{s}.{f}" for s in SECTIONS for f in _fields(getattr(cfg, s))]
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, for example train.epochs=5")
+    key, text = assignment.split("=", 1)
+    section, name, full = _lookup(cfg, key.strip())
+    hints = typing.get_type_hints(type(section))
+    setattr(section, name, parse_value(full, text, hints[name]))
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that do not need the dataset; model/data compatibility is checked at build."""
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, "train.epochs must be at least 1"),
+        (t.max_steps >= 0, "train.max_steps must be 0 (no limit) or positive"),
+        (t.batch_size >= 1, "train.batch_size must be at least 1"),
+        (t.log_every >= 1, "train.log_every must be at least 1"),
+        (t.sample_every >= 1 and t.checkpoint_every >= 1, "train.sample_every and checkpoint_every must be ≥ 1"),
+        (t.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
+        (t.num_samples >= 1, "train.num_samples must be at least 1"),
+        (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+         f"train.device={t.device!r}: choose auto, cpu, cuda or mps"),
+        (t.amp in ("auto", "bf16", "off"), f"train.amp={t.amp!r}: choose auto, bf16 or off"),
+        (cfg.model.z_dim >= 1, "model.z_dim must be at least 1"),
+        (0.0 <= cfg.model.ema < 1.0, "model.ema must be in [0, 1)"),
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing must be in [0, 1)"),
+        (0.0 <= cfg.loss.label_flip < 0.5, "loss.label_flip must be in [0, 0.5)"),
+        (cfg.loss.n_critic >= 1, "loss.n_critic must be at least 1"),
+        (cfg.optim.lr_g > 0 and cfg.optim.lr_d > 0, "optim.lr_g and optim.lr_d must be positive"),
+        (cfg.data.size >= 0 and cfg.data.limit >= 0, "data.size and data.limit must be ≥ 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, *, origin: str = "config") -> Config:
+    """Rebuild a Config from `to_dict` output, refusing unknown keys (older files get defaults)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    cfg = Config()
+    for key, value in data.items():
+        if key in ("preset", "description"):
+            setattr(cfg, key, str(value))
+            continue
+        if key not in SECTIONS or not isinstance(value, dict):
+            raise ConfigError(f"{origin}: unknown section {key!r}; valid: preset, description, {', '.join(SECTIONS)}")
+        section = getattr(cfg, key)
+        hints = typing.get_type_hints(type(section))
+        for name, v in value.items():
+            if name not in hints:
+                raise ConfigError(f"{origin}: unknown key {key}.{name}")
+            setattr(section, name, parse_value(f"{key}.{name}", "none" if v is None else str(v), hints[name]))
+    return cfg
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: Path) -> Config:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
+    return from_dict(data, origin=str(path))
+
+
+def format_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip()

@@ -1,0 +1,72 @@
+"""The in-memory dataset every reader returns, and the dataset registry.
+
+A reader decodes its native files once into one uint8 array [N, C, H, W]; training keeps it on
+the device and slices batches from it (see `ganforge.data.batches`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ganforge.registry import Registry
+
+
+@dataclass
+class ImageData:
+    images: torch.Tensor                  # uint8 [N, C, H, W], values 0..255
+    labels: Optional[torch.Tensor]        # int64 [N] in 0..num_classes-1, or None
+    class_names: tuple[str, ...] = ()     # empty when unlabelled
+    source: str = ""                      # where the pixels came from, for logs and records
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.labels is not None else 0
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: how to read it and what to tell the user about it."""
+
+    name: str
+    load: Callable[..., ImageData]        # load(*, root: Path | None, split: str, size: int) -> ImageData
+    channels: int
+    native_size: int
+    num_classes: int
+    description: str
+    splits: tuple[str, ...] = ("train", "test")
+    expected_files: tuple[str, ...] = field(default=())  # what `ganforge datasets` looks for
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(name: str, **spec) -> Callable[[Callable[..., ImageData]], Callable[..., ImageData]]:
+    """Decorator: `@register_dataset("mnist", channels=1, native_size=28, num_classes=10, description=...)`."""
+
+    def add(load: Callable[..., ImageData]) -> Callable[..., ImageData]:
+        DATASETS.register(name)(DatasetSpec(name=name, load=load, **spec))
+        return load
+
+    return add
+
+
+def default_cache_dir() -> Path:
+    """Downloads and decoded-array caches live here: `$GANFORGE_CACHE` or `~/.cache/ganforge`."""
+    import os
+
+    return Path(os.environ.get("GANFORGE_CACHE") or Path.home() / ".cache" / "ganforge")

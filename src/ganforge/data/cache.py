@@ -1,0 +1,117 @@
+"""Decode once: the decoded, resized uint8 array of a dataset is kept on disk and reloaded.
+
+The key hashes everything that changes the pixels: dataset name, split, the source files
+(resolved path, size and mtime), output size, crop, limit and a reader version. A changed or
+replaced source file therefore gives a new key, never a stale array. Files are written to a
+temporary name and renamed into place, so a crash or a decode error never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ganforge.data.base import ImageData, default_cache_dir
+
+log = logging.getLogger("ganforge.data")
+
+# Bump when a reader's output changes for the same inputs (new crop rule, new resize filter...).
+READER_VERSION = 1
+
+
+def arrays_dir() -> Path:
+    return default_cache_dir() / "arrays"
+
+
+def fingerprint(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """(resolved path, size, mtime_ns) of each source file: cheap, and changes when a file does."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def cache_key(*, name: str, split: str, sources: Sequence[tuple[str, int, int]], size: int,
+              crop: str, limit: int, version: int = READER_VERSION) -> str:
+    h = hashlib.sha256()
+    h.update(repr((name, split, size, crop, limit, version)).encode())
+    for item in sources:
+        h.update(repr(item).encode())
+    return h.hexdigest()[:20]
+
+
+def cache_path(*, name: str, split: str, size: int, key: str) -> Path:
+    return arrays_dir() / f"{name}-{split}-{size}px-{key}.npz"
+
+
+def _save(path: Path, data: ImageData) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # Uncompressed: the point of the cache is load speed, not disk space.
+            np.savez(
+                f,
+                images=data.images.numpy(),
+                labels=(data.labels.numpy() if data.labels is not None else np.zeros(0, np.int64)),
+                has_labels=np.array(data.labels is not None),
+                class_names=np.array(data.class_names, dtype=str),
+                source=np.array(data.source, dtype=str),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path) -> ImageData:
+    # allow_pickle=False: every member is a plain array, so a tampered cache cannot run code.
+    with np.load(path, allow_pickle=False) as z:
+        images = torch.from_numpy(z["images"])
+        labels = torch.from_numpy(z["labels"]) if bool(z["has_labels"]) else None
+        names = tuple(str(s) for s in z["class_names"])
+        source = str(z["source"])
+    return ImageData(images=images, labels=labels, class_names=names, source=source)
+
+
+def cached(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str = "",
+           limit: int = 0, cache: bool = True, decode: Callable[[], ImageData]) -> ImageData:
+    """Return the cached array for these inputs, or decode it, check it and store it."""
+    if not cache:
+        return check(decode())
+    key = cache_key(name=name, split=split, sources=fingerprint(sources), size=size, crop=crop,
+                    limit=limit)
+    path = cache_path(name=name, split=split, size=size, key=key)
+    if path.exists():
+        t = time.perf_counter()
+        try:
+            data = _load(path)
+            log.info("%s/%s: %d images from cache %s (%.2f s)", name, split, len(data), path,
+                     time.perf_counter() - t)
+            return data
+        except Exception as e:  # a damaged cache is a cache miss, not an error
+            log.warning("%s: unreadable cache file (%s); decoding again", path, e)
+            path.unlink(missing_ok=True)
+    t = time.perf_counter()
+    data = check(decode())
+    log.info("%s/%s: decoded %d images in %.1f s", name, split, len(data), time.perf_counter() - t)
+    _save(path, data)
+    return data
+
+
+def check(data: ImageData) -> ImageData:
+    """The invariants every reader promises; a failure here is a reader bug, not bad input."""
+    x = data.images
+    assert x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] in (1, 3), (x.dtype, x.shape)
+    if data.labels is not None:
+        assert data.labels.dtype == torch.int64 and data.labels.shape == (x.shape[0],)
+    return data

@@ -1,0 +1,74 @@
+"""GAN objectives as pure functions of discriminator logits.
+
+- `bce`: the non-saturating loss of Goodfellow et al. 2014 (G maximises log D(G(z))), with
+  one-sided label smoothing (Salimans et al. 2016) and optional label flipping;
+- `minimax`: the original saturating generator loss, log(1 - D(G(z))) minimised;
+- `hinge`: Lim & Ye 2017 / Miyato et al. 2018;
+- `lsgan`: Mao et al. 2017, least squares with targets 0 and 1;
+- `wgan-gp`: Gulrajani et al. 2017, Wasserstein critic with a gradient penalty of weight 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ganforge.config import LossConfig
+from ganforge.registry import Registry
+
+
+@dataclass(frozen=True)
+class GANLoss:
+    d_loss: Callable[..., torch.Tensor]     # d_loss(real_logits, fake_logits, cfg) -> scalar
+    g_loss: Callable[[torch.Tensor], torch.Tensor]  # g_loss(fake_logits) -> scalar
+    gradient_penalty: bool = False
+
+
+LOSSES: Registry[GANLoss] = Registry("loss")
+
+
+def _targets(real: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real/fake targets for D: smoothed real labels, and a random fraction swapped when flipping."""
+    t_real = torch.full_like(real, 1.0 - cfg.label_smoothing)
+    t_fake = torch.zeros_like(real)
+    if cfg.label_flip > 0:
+        flip = torch.rand_like(real) < cfg.label_flip
+        t_real, t_fake = torch.where(flip, t_fake, t_real), torch.where(flip, t_real, t_fake)
+    return t_real, t_fake
+
+
+def bce_d_loss(real: torch.Tensor, fake: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    t_real, t_fake = _targets(real, cfg)
+    return F.binary_cross_entropy_with_logits(real, t_real) + F.binary_cross_entropy_with_logits(fake, t_fake)
+
+
+LOSSES.register("bce")(GANLoss(bce_d_loss, lambda fake: F.softplus(-fake).mean()))
+# log(1 - sigmoid(x)) = -softplus(x): G minimises it directly (saturates when D wins).
+LOSSES.register("minimax")(GANLoss(bce_d_loss, lambda fake: -F.softplus(fake).mean()))
+LOSSES.register("hinge")(GANLoss(
+    lambda real, fake, cfg: F.relu(1 - real).mean() + F.relu(1 + fake).mean(),
+    lambda fake: -fake.mean(),
+))
+LOSSES.register("lsgan")(GANLoss(
+    lambda real, fake, cfg: 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean()),
+    lambda fake: 0.5 * (fake - 1).pow(2).mean(),
+))
+LOSSES.register("wgan-gp")(GANLoss(
+    lambda real, fake, cfg: fake.mean() - real.mean(),
+    lambda fake: -fake.mean(),
+    gradient_penalty=True,
+))
+
+
+def gradient_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     labels: torch.Tensor | None = None, *, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat on random lines between real and fake samples."""
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    out = critic(x_hat, labels)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()

@@ -1,0 +1,71 @@
+"""Pieces shared by the architectures: DCGAN weight initialisation and class conditioning.
+
+Conditioning follows Mirza & Osindero 2014 ("Conditional GANs": a label embedding joined to the
+input) and, for convolutional discriminators, Miyato & Koyama 2018 ("cGANs with Projection
+Discriminator": logit += <embed(y), phi(x)>).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ganforge.errors import ConfigError
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al. 2016: weights ~ N(0, 0.02); batch-norm scales ~ N(1, 0.02), shifts 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def conv_stages(size: int, *, arch: str) -> tuple[int, int]:
+    """Split `size` into a start resolution (4 or 7) and a number of 2x stages: 28 = 7*2^2, 64 = 4*2^4."""
+    for start in (4, 7):
+        stages = math.log2(size / start) if size >= start else -1
+        if stages >= 1 and stages.is_integer():
+            return start, int(stages)
+    raise ConfigError(
+        f"model.arch={arch} cannot make {size}x{size} images; sizes it can make: 28, 32, 56, 64, 128 "
+        "(4 or 7 times a power of two); set data.size to one of them"
+    )
+
+
+class LatentWithLabel(nn.Module):
+    """Joins a learned label embedding to the latent vector: [B, z] -> [B, z + embed_dim]."""
+
+    def __init__(self, num_classes: int, embed_dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        self.extra = embed_dim if num_classes else 0
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.embed is None:
+            return z
+        if labels is None:
+            raise ValueError("this generator is conditional: pass labels")
+        return torch.cat([z, self.embed(labels)], dim=1)
+
+
+class Projection(nn.Module):
+    """Projection-discriminator term <embed(y), features> added to the unconditional logit."""
+
+    def __init__(self, num_classes: int, features: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, features) if num_classes else None
+
+    def forward(self, logit: torch.Tensor, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.embed is None:
+            return logit
+        if labels is None:
+            raise ValueError("this discriminator is conditional: pass labels")
+        return logit + (self.embed(labels) * features).sum(dim=1)

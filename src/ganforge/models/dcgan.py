@@ -1,0 +1,70 @@
+"""DCGAN (Radford et al. 2016): a transposed-convolution generator with batch norm and ReLU, and a
+strided-convolution discriminator with batch norm and LeakyReLU(0.2), for 28, 32 or 64 pixels.
+
+At 64x64 with 64 base channels this is the classic workload: G 100->512->256->128->64->C with
+4x4 transposed convolutions, D its mirror.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ganforge.config import ModelConfig
+from ganforge.models import register_model
+from ganforge.models.common import LatentWithLabel, Projection, conv_stages, dcgan_init
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, *, z_dim: int, channels: int, size: int, width: int, num_classes: int = 0):
+        super().__init__()
+        start, stages = conv_stages(size, arch="dcgan")
+        self.z_dim, self.num_classes = z_dim, num_classes
+        self.cond = LatentWithLabel(num_classes, z_dim)
+        ch = width * 2 ** (stages - 1)
+        layers: list[nn.Module] = [
+            # [B, z, 1, 1] -> [B, ch, start, start]
+            nn.ConvTranspose2d(z_dim + self.cond.extra, ch, start, 1, 0, bias=False),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(inplace=True),
+        ]
+        for _ in range(stages - 1):  # each doubles the side and halves the channels
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]  # [B, C, size, size]
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.cond(z, labels)
+        return self.net(h[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, dropout: float = 0.0):
+        super().__init__()
+        start, stages = conv_stages(size, arch="dcgan")
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        ch = width
+        for _ in range(stages - 1):  # [B, ch, s, s] -> [B, 2ch, s/2, s/2]
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+            if dropout:
+                layers.append(nn.Dropout2d(dropout))
+            ch *= 2
+        self.features = nn.Sequential(*layers)  # -> [B, ch, start, start]
+        self.head = nn.Conv2d(ch, 1, start, 1, 0)  # -> [B, 1, 1, 1]
+        self.project = Projection(num_classes, ch)
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        logit = self.head(h).flatten()
+        return self.project(logit, h.sum(dim=(2, 3)), labels)
+
+
+@register_model("dcgan")
+def build_dcgan(cfg: ModelConfig, *, channels: int, size: int, num_classes: int):
+    g = DCGANGenerator(z_dim=cfg.z_dim, channels=channels, size=size, width=cfg.g_channels, num_classes=num_classes)
+    d = DCGANDiscriminator(channels=channels, size=size, width=cfg.d_channels, num_classes=num_classes,
+                           dropout=cfg.dropout)
+    return g, d
