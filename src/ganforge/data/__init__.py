@@ -1,0 +1,62 @@
+"""Datasets: read MNIST, Fashion-MNIST, CIFAR-10, CelebA or any image folder into one uint8 array.
+
+`load_dataset(name=..., root=...)` decodes the native files once, resizes them once and caches
+the result on disk (see `cache.py`), so a second run starts in about a second. Readers register
+themselves in `DATASETS` on import; `dataset_table()` is what `ganforge datasets` prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from ganforge.data.base import DATASETS, DatasetSpec, ImageData, default_cache_dir, register_dataset
+from ganforge.data.sources import LOCATORS, existing
+from ganforge.errors import ConfigError
+
+# Importing a reader registers it.
+from ganforge.data import idx as _idx  # noqa: F401  (mnist, fashion-mnist)
+from ganforge.data import mnist5k as _mnist5k  # noqa: F401
+
+__all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
+           "load_dataset", "dataset_table"]
+
+
+def load_dataset(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,
+                 limit: int = 0, cache: bool = True) -> ImageData:
+    """Decoded images [N, C, H, W] uint8 on the CPU, with labels when the dataset has them.
+
+    size:  0 keeps the dataset's native size (64 for celeba and folder); else resize once.
+    limit: >0 keeps only the first `limit` images (in file order).
+    cache: reuse / store the decoded array under `default_cache_dir()/arrays`.
+    """
+    spec = DATASETS.get(name)
+    if split not in spec.splits:
+        raise ConfigError(f"dataset {name!r} has no split {split!r}; choose one of: {', '.join(spec.splits)}")
+    if size < 0 or limit < 0:
+        raise ConfigError(f"size and limit must be >= 0 (got size={size}, limit={limit})")
+    path = existing(Path(root).expanduser()) if root not in (None, "") else None
+    return spec.load(root=path, split=split, size=int(size), limit=int(limit), cache=cache)
+
+
+def dataset_table(root: Union[str, Path, None] = None) -> str:
+    """A plain-text table: each dataset, what it is, where it looks and whether its files are there."""
+    path = Path(root).expanduser() if root not in (None, "") else None
+    rows = [("dataset", "present", "looks in", "description")]
+    for name, spec in DATASETS.items():
+        locate = LOCATORS.get(name)
+        loc = locate(path) if locate is not None else None
+        if loc is None:
+            rows.append((name, "?", "-", spec.description))
+            continue
+        present = "yes" if loc.found is not None else "no"
+        if loc.found is not None:
+            where = str(loc.found)
+        else:
+            where = " | ".join(str(p) for p in loc.searched) or "-"
+            where += f" ({loc.note})" if loc.note else ""
+        rows.append((name, present, where, spec.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows]
+    lines.insert(1, "-" * min(120, max(len(s) for s in lines)))
+    return "\n".join(lines)
