@@ -1,0 +1,103 @@
+"""What a run leaves on disk: metrics.jsonl, TensorBoard scalars and images, sample grids, loss curves.
+
+Only rank 0 writes. Files are appended or rewritten whole, so a run killed at any moment leaves
+readable files; on resume, log lines past the checkpoint's step are dropped so the log matches
+the restored state exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+def unique_run_dir(out: Path, name: str) -> Path:
+    """`out/name`, or `out/name-2`, `-3`, ... when it exists: a new run never overwrites a folder."""
+    path, n = out / name, 1
+    while path.exists():
+        n += 1
+        path = out / f"{name}-{n}"
+    return path
+
+
+def latest_run_dir(out: Path, name: str) -> Path | None:
+    """The newest `out/name[-k]` that holds a checkpoint (for `--resume auto`)."""
+    candidates = [p for p in out.glob(f"{name}*") if p.is_dir() and (p.name == name or
+                  (p.name.startswith(name + "-") and p.name[len(name) + 1:].isdigit()))]
+    candidates = [p for p in candidates if any((p / "checkpoints").glob("step_*"))]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def image_grid(images: torch.Tensor, *, nrow: int) -> torch.Tensor:
+    """[B, C, H, W] in [-1, 1] -> one [C, H', W'] grid in [0, 1]."""
+    return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, *, resume_step: int | None = None):
+        self.dir = run_dir
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+        if resume_step is not None and self.metrics_path.exists():
+            lines = [json.loads(s) for s in self.metrics_path.read_text().splitlines() if s.strip()]
+            self.history = [r for r in lines if r.get("step", 0) <= resume_step]
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            os.replace(tmp, self.metrics_path)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides events a killed run wrote after its last checkpoint.
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for key, value in record.items():
+            if key not in ("step", "epoch", "kimg", "time") and isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, step)
+
+    def save_grid(self, images: torch.Tensor, name: str, *, step: int, nrow: int = 8, tag: str = "samples") -> Path:
+        path = self.dir / "samples" / name
+        grid = image_grid(images, nrow=nrow)
+        save_image(grid, path)
+        self.tb.add_image(tag, grid, step)
+        return path
+
+    def plot_losses(self) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.history if "loss_d" in r]
+        fig, (ax_l, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
+        kimg = [r["kimg"] for r in rows]
+        ax_l.plot(kimg, [r["loss_d"] for r in rows], label="D loss")
+        ax_l.plot(kimg, [r["loss_g"] for r in rows], label="G loss")
+        ax_l.set_xlabel("thousands of real images seen")
+        ax_l.set_title("losses")
+        ax_l.legend()
+        ax_p.plot(kimg, [r["d_real"] for r in rows], label="D(x)")
+        ax_p.plot(kimg, [r["d_fake"] for r in rows], label="D(G(z))")
+        ax_p.set_xlabel("thousands of real images seen")
+        ax_p.set_title("discriminator outputs (sigmoid of logits)")
+        ax_p.set_ylim(0, 1)
+        ax_p.legend()
+        fig.tight_layout()
+        path = self.dir / "loss_curves.png"
+        tmp = path.with_name(".loss_curves.tmp.png")
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        self.tb.close()

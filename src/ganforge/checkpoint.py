@@ -1,0 +1,139 @@
+"""Checkpoints: the full training state, written atomically, loaded without unpickling code.
+
+Layout: `checkpoints/step_000001234/` holding `weights.safetensors` (G, D and the EMA generator)
+and `state.pt` (optimizers, counters, RNG states, config; loadable with `weights_only=True`, and
+carrying the weights file's SHA-256). A checkpoint is written into a temporary folder, each file
+fsync'd, then renamed into place; older ones are pruned only after the new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ganforge.errors import CheckpointError
+
+PREFIX = "step_"
+WEIGHTS, STATE = "weights.safetensors", "state.pt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def save_checkpoint(run_dir: Path, *, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                    keep: int, name: Optional[str] = None) -> Path:
+    folder = Path(run_dir) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / (name or f"{PREFIX}{step:09d}")
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        state = dict(state, weights_sha256=_sha256(tmp / WEIGHTS))
+        torch.save(state, tmp / STATE)
+        for f in (tmp / WEIGHTS, tmp / STATE):
+            _fsync(f)
+        if final.exists():  # re-saving the same step (e.g. after a rollback): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = [p.name for p in list_checkpoints(run_dir)]
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"cannot write checkpoint {final} ({exc.strerror or exc}); {kept}") from None
+    if name is None:
+        for old in [p for p in list_checkpoints(run_dir)][:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read and verify one checkpoint folder; any problem raises CheckpointError naming the file."""
+    path = Path(path)
+    weights, state_file = path / WEIGHTS, path / STATE
+    for f in (weights, state_file):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing; a checkpoint folder holds {WEIGHTS} and {STATE}")
+    try:
+        state = torch.load(state_file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, a pickle with code in it, ...: all refused the same way
+        raise CheckpointError(f"{state_file}: not a valid ganforge state file ({exc.__class__.__name__})") from None
+    if not isinstance(state, dict) or "weights_sha256" not in state:
+        raise CheckpointError(f"{state_file}: not a ganforge state file (no weights checksum)")
+    if _sha256(weights) != state["weights_sha256"]:
+        raise CheckpointError(f"{weights}: checksum mismatch (truncated or modified)")
+    try:
+        tensors = load_file(str(weights), device=str(map_location))
+    except Exception as exc:
+        raise CheckpointError(f"{weights}: cannot read safetensors ({exc.__class__.__name__})") from None
+    return tensors, state
+
+
+def load_latest(run_dir: Path, *, map_location: str | torch.device = "cpu") -> tuple[Path, dict, dict]:
+    """The newest checkpoint that loads; a bad one is skipped with a warning naming it."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"{run_dir}: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    for path in reversed(found):
+        try:
+            tensors, state = load_checkpoint(path, map_location=map_location)
+            return path, tensors, state
+        except CheckpointError as exc:
+            warnings.warn(f"skipping bad checkpoint: {exc}; falling back to the one before", stacklevel=2)
+    raise CheckpointError(f"{run_dir}: none of the {len(found)} checkpoints could be loaded")
+
+
+def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_generator(run_dir: Path, *, checkpoint: Optional[Path] = None, device: str | torch.device = "cpu"):
+    """(config, generator in eval mode) from a run folder: the EMA generator when the run kept one."""
+    from ganforge.config import from_dict
+    from ganforge.models import build_models
+
+    if checkpoint is not None:
+        tensors, state = load_checkpoint(Path(checkpoint))
+    else:
+        _, tensors, state = load_latest(Path(run_dir))
+    cfg = from_dict(state["config"], origin=str(run_dir))
+    shape = state["data_shape"]
+    g, _ = build_models(cfg.model, channels=shape["channels"], size=shape["size"], num_classes=shape["num_classes"])
+    weights = split_prefix(tensors, "G_ema.") or split_prefix(tensors, "G.")
+    try:
+        g.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(
+            f"{run_dir}: checkpoint weights do not match architecture {cfg.model.arch!r} of its config"
+        ) from None
+    return cfg, g.to(device).eval()

@@ -1,0 +1,330 @@
+"""The training loop: dataset -> (G, D) -> losses -> optimizers, with artifacts and checkpoints.
+
+Progress is counted in steps (one discriminator batch each) and in real images seen. One step
+draws fresh noise, updates D, and every `n_critic`-th step updates G (Goodfellow et al. 2014,
+Alg. 1; Gulrajani et al. 2017 for n_critic > 1). Losses stay on the device and are read back only
+every `log_every` steps, so the hot path never waits for the host.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ganforge import __version__
+from ganforge.artifacts import RunLog
+from ganforge.checkpoint import load_latest, save_checkpoint, split_prefix
+from ganforge.config import Config, OptimConfig, save_yaml, to_dict
+from ganforge.data import load_dataset
+from ganforge.data.batches import DeviceBatches
+from ganforge.errors import ConfigError
+from ganforge.losses import LOSSES, gradient_penalty
+from ganforge.models import build_models
+from ganforge.registry import Registry
+from ganforge import runtime
+
+OPTIMIZERS: Registry = Registry("optimizer")
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params, lr: float, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    # One fused kernel for the whole update instead of a loop over parameters.
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(params, lr: float, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, foreach=True)
+
+
+@dataclass
+class Progress:
+    step: int = 0          # discriminator steps done
+    epoch: int = 0         # current epoch, 0-based
+    pos: int = 0           # batches of the current epoch already done
+    images: int = 0        # real images seen, all ranks together
+    wall: float = 0.0      # training seconds before this process started
+
+
+class Stop(Exception):
+    """Raised inside the loop to end training early (signal or max_steps)."""
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, run_dir: Path, resume: bool = False, dist: runtime.Dist = runtime.Dist()):
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        t = cfg.train
+        runtime.configure(t, world_size=dist.world_size)
+        self.device = runtime.pick_device(t.device, local_rank=dist.local_rank)
+        self.loss = LOSSES.get(cfg.loss.name)
+        OPTIMIZERS.get(cfg.optim.name)  # refuse an unknown optimizer before the data loads
+
+        data = load_dataset(name=cfg.data.name, root=cfg.data.root, split=cfg.data.split, size=cfg.data.size,
+                            limit=cfg.data.limit)
+        self.data_info = {"channels": data.channels, "size": data.size, "num_classes": data.num_classes,
+                          "class_names": list(data.class_names), "source": data.source, "count": len(data)}
+        runtime.seed_everything(t.seed)  # same initial weights on every rank
+        self.G, self.D = build_models(cfg.model, channels=data.channels, size=data.size,
+                                      num_classes=data.num_classes)
+        self.num_classes = data.num_classes if cfg.model.conditional else 0
+        self.G.to(self.device)
+        self.D.to(self.device)
+        if t.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.model.ema > 0 else None
+        build_opt = OPTIMIZERS.get(cfg.optim.name)
+        self.opt_g = build_opt(self.G.parameters(), cfg.optim.lr_g, cfg.optim, self.device)
+        self.opt_d = build_opt(self.D.parameters(), cfg.optim.lr_d, cfg.optim, self.device)
+        self.batches = DeviceBatches(data.images, data.labels if self.num_classes else None,
+                                     batch_size=t.batch_size, seed=t.seed, device=self.device,
+                                     rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip)
+        self.real_preview = data.images[: t.num_samples]
+        self.fixed_z, self.fixed_labels = self._fixed_latents()
+        self.autocast = t.amp == "bf16" or (t.amp == "auto" and self.device.type == "cuda")
+        self.g_step_fn, self.d_step_fn = self.G, self.D
+        if t.compile:
+            self.g_step_fn, self.d_step_fn = torch.compile(self.G), torch.compile(self.D)
+
+        self.progress = Progress()
+        if resume:
+            self._restore()
+        # Different noise on every rank, after the shared weight initialisation.
+        if not resume:
+            runtime.seed_everything(t.seed + 1 + dist.rank)
+        self.log = RunLog(run_dir, resume_step=self.progress.step if resume else None) if dist.is_main else None
+        self._stop_reason: Optional[str] = None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._window = (time.perf_counter(), self.progress.images)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _fixed_latents(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The same latent vectors at every snapshot; a conditional grid has one row per class."""
+        g = torch.Generator().manual_seed(self.cfg.train.seed + 12345)
+        n = self.cfg.train.num_samples
+        if self.num_classes:
+            cols = 8
+            z = torch.randn(cols, self.cfg.model.z_dim, generator=g).repeat(self.num_classes, 1)
+            labels = torch.arange(self.num_classes).repeat_interleave(cols)
+            return z.to(self.device), labels.to(self.device)
+        return torch.randn(n, self.cfg.model.z_dim, generator=g).to(self.device), None
+
+    def _restore(self) -> None:
+        path, tensors, state = load_latest(self.run_dir, map_location="cpu")
+        if state.get("data_shape", {}).get("size") != self.data_info["size"]:
+            raise ConfigError(f"{path}: checkpoint is for {state['data_shape']} images; the data now gives "
+                              f"{self.data_info['size']}x{self.data_info['size']}")
+        self.G.load_state_dict(split_prefix(tensors, "G."))
+        self.D.load_state_dict(split_prefix(tensors, "D."))
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(split_prefix(tensors, "G_ema.") or split_prefix(tensors, "G."))
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.progress = Progress(**state["progress"])
+        runtime.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        if self.dist.is_main:
+            print(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch + 1}, "
+                  f"{self.progress.images / 1000:.1f} kimg", flush=True)
+
+    # ------------------------------------------------------------------ one step
+
+    def _noise(self, batch: int, labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        z = torch.randn(batch, self.cfg.model.z_dim, device=self.device)
+        return z, labels  # fakes are drawn with the real batch's labels (class-balanced like the data)
+
+    def train_step(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+        cfg, step = self.cfg, self.progress.step
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        update_g = (step + 1) % cfg.loss.n_critic == 0
+        z, fake_labels = self._noise(x.shape[0], labels)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.set_grad_enabled(update_g):  # no G graph when only D learns this step
+                fake = self.g_step_fn(z, fake_labels)
+            d_real = self.d_step_fn(x, labels).float()
+            d_fake = self.d_step_fn(fake.detach(), fake_labels).float()
+            loss_d = self.loss.d_loss(d_real, d_fake, cfg.loss)
+        if self.loss.gradient_penalty:
+            gp = gradient_penalty(self.d_step_fn, x, fake.detach().float(), labels)
+            loss_d = loss_d + cfg.loss.gp_weight * gp
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        runtime.average_gradients(self.D, self.dist.world_size)
+        self.opt_d.step()
+        self._accumulate(loss_d=loss_d, d_real=torch.sigmoid(d_real).mean(), d_fake=torch.sigmoid(d_fake).mean())
+
+        if update_g:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss_g = self.loss.g_loss(self.d_step_fn(fake, fake_labels).float())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            runtime.average_gradients(self.G, self.dist.world_size)
+            self.opt_g.step()
+            self._update_ema()
+            self._accumulate(loss_g=loss_g, g_steps=torch.ones((), device=self.device))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.G_ema is None:
+            return
+        beta = self.cfg.model.ema
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1 - beta)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    def _accumulate(self, **values: torch.Tensor) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._sums["d_steps"] = self._sums.get("d_steps", 0) + ("loss_d" in values)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> Path:
+        from ganforge.progress import EpochBar
+
+        cfg, t, p = self.cfg, self.cfg.train, self.progress
+        if self.dist.is_main:
+            self._write_static()
+        previous = self._install_signal_handlers()
+        start_wall = time.perf_counter() - p.wall
+        try:
+            while p.epoch < t.epochs:
+                bar = EpochBar(epoch=p.epoch, epochs=t.epochs, total=self.batches.steps_per_epoch, start=p.pos,
+                               enabled=self.dist.is_main)
+                for x, labels in self.batches.epoch(p.epoch, start=p.pos):
+                    self.G.train()
+                    self.train_step(x, labels)
+                    p.step += 1
+                    p.pos += 1
+                    p.images += x.shape[0] * self.dist.world_size
+                    p.wall = time.perf_counter() - start_wall
+                    bar.update()
+                    if p.step % t.log_every == 0:
+                        bar.show(self._flush_log())
+                    if t.max_steps and p.step >= t.max_steps:
+                        raise Stop(f"reached train.max_steps={t.max_steps}")
+                    if self._stop_reason:
+                        raise Stop(self._stop_reason)
+                bar.close()
+                p.epoch += 1
+                p.pos = 0
+                self._end_of_epoch(force=p.epoch == t.epochs)
+            stopped = None
+        except Stop as stop:
+            stopped = str(stop)
+            if self._sums:
+                self._flush_log()
+            self._end_of_epoch(force=True, partial=True)
+        finally:
+            self._restore_signal_handlers(previous)
+            if self.log is not None:
+                self.log.close()
+        if self.dist.is_main:
+            done = f"stopped: {stopped}" if stopped else "finished"
+            print(f"{done} at step {p.step} ({p.images / 1000:.1f} kimg, {p.wall:.0f} s); run folder: {self.run_dir}",
+                  flush=True)
+            if stopped and self._stop_reason:
+                print(f"resume with: ganforge train --resume {self.run_dir}", flush=True)
+        return self.run_dir
+
+    def _flush_log(self) -> dict:
+        sums = {k: (v if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in self._sums.items()}
+        self._sums = {}
+        keys = sorted(sums)
+        values = dict(zip(keys, torch.stack([sums[k].float().cpu() for k in keys]).tolist()))  # one host sync
+        n_d, n_g = max(values.pop("d_steps", 1), 1), max(values.pop("g_steps", 0), 1)
+        now = time.perf_counter()
+        p = self.progress
+        rate = (p.images - self._window[1]) / max(now - self._window[0], 1e-9)
+        self._window = (now, p.images)
+        record = {"step": p.step, "epoch": p.epoch + p.pos / self.batches.steps_per_epoch, "kimg": p.images / 1000,
+                  "loss_d": values.get("loss_d", math.nan) / n_d, "loss_g": values.get("loss_g", math.nan) / n_g,
+                  "d_real": values.get("d_real", math.nan) / n_d, "d_fake": values.get("d_fake", math.nan) / n_d,
+                  "images_per_s": rate, "time": p.wall}
+        if self.log is not None:
+            self.log.log(record)
+        return record
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        g = self.G_ema if self.G_ema is not None else self.G
+        was_training = g.training
+        g.eval()
+        out = torch.cat([g(z[i : i + 256], None if labels is None else labels[i : i + 256])
+                         for i in range(0, len(z), 256)])
+        g.train(was_training)
+        return out.float()
+
+    def _end_of_epoch(self, *, force: bool = False, partial: bool = False) -> None:
+        t, p = self.cfg.train, self.progress
+        epoch_done = p.epoch if not partial else p.epoch + 1
+        runtime.average_buffers(self.G, self.dist.world_size)
+        runtime.average_buffers(self.D, self.dist.world_size)
+        if self.log is not None and (force or p.epoch % t.sample_every == 0):
+            images = self.sample(self.fixed_z, self.fixed_labels)
+            nrow = 8
+            self.log.save_grid(images, f"epoch_{epoch_done:04d}.png", step=p.step, nrow=nrow)
+            if self.num_classes:
+                self.log.save_grid(images, "classes.png", step=p.step, nrow=nrow, tag="classes")
+            self.log.plot_losses()
+        if force or p.epoch % t.checkpoint_every == 0:
+            self.save()
+
+    def save(self) -> Optional[Path]:
+        # Every rank's RNG goes into the checkpoint so a resumed DDP run draws the same noise.
+        states = [runtime.rng_state()]
+        if self.dist.enabled:
+            gathered: list = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        if not self.dist.is_main:
+            return None
+        tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
+        tensors.update({f"D.{k}": v for k, v in self.D.state_dict().items()})
+        if self.G_ema is not None:
+            tensors.update({f"G_ema.{k}": v for k, v in self.G_ema.state_dict().items()})
+        state = {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                 "progress": vars(self.progress).copy(), "rng": states, "config": to_dict(self.cfg),
+                 "data_shape": self.data_info, "version": __version__}
+        return save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
+                               keep=self.cfg.train.keep_checkpoints)
+
+    def _write_static(self) -> None:
+        save_yaml(self.cfg, self.run_dir / "config.yaml")
+        if self.log is not None and not (self.run_dir / "samples" / "real.png").exists():
+            real = self.real_preview.float().div(127.5).sub(1)
+            self.log.save_grid(real, "real.png", step=0, tag="real")
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            if self._stop_reason:  # second signal: leave at once
+                signal.signal(signum, signal.SIG_DFL)
+                raise KeyboardInterrupt
+            self._stop_reason = f"received {signal.Signals(signum).name}"
+            print(f"\n{self._stop_reason}: finishing this step and writing a checkpoint "
+                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,56 @@
+"""Every registered architecture: image shape and range, one logit per image, conditional or not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ganforge.config import ModelConfig
+from ganforge.errors import ConfigError
+from ganforge.models import MODELS, build_models
+
+CASES = [(arch, c, s, k) for arch in MODELS.names() for c in (1, 3) for s in (28, 32, 64) for k in (0, 10)]
+
+
+@pytest.mark.parametrize("arch, channels, size, num_classes", CASES)
+def test_shapes_and_ranges(arch, channels, size, num_classes):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, z_dim=16, g_channels=8, d_channels=8, conditional=num_classes > 0)
+    try:
+        g, d = build_models(cfg, channels=channels, size=size, num_classes=num_classes)
+    except ConfigError as exc:  # an architecture may not make every size; it must say so
+        assert "cannot make" in str(exc)
+        pytest.skip(str(exc))
+    labels = torch.arange(5) % num_classes if num_classes else None
+    images = g(torch.randn(5, 16), labels)
+    assert images.shape == (5, channels, size, size)
+    assert images.min() >= -1 and images.max() <= 1
+    logits = d(images, labels)
+    assert logits.shape == (5,)
+    assert torch.isfinite(logits).all()
+
+
+def test_conditional_generator_depends_on_label():
+    torch.manual_seed(0)
+    cfg = ModelConfig(z_dim=16, g_channels=8, d_channels=8, conditional=True)
+    g, d = build_models(cfg, channels=1, size=28, num_classes=10)
+    g.eval()
+    z = torch.randn(1, 16).repeat(2, 1)
+    a, b = g(z, torch.tensor([1, 7]))
+    assert not torch.allclose(a, b)
+
+
+def test_impossible_size_is_refused_with_choices():
+    with pytest.raises(ConfigError, match="cannot make 30x30 images; sizes it can make"):
+        build_models(ModelConfig(arch="dcgan"), channels=1, size=30, num_classes=0)
+
+
+def test_conditional_without_labels_is_refused():
+    with pytest.raises(ConfigError, match="needs a labelled dataset"):
+        build_models(ModelConfig(conditional=True), channels=3, size=64, num_classes=0)
+
+
+def test_dcgan_init_matches_paper():
+    g, _ = build_models(ModelConfig(g_channels=64), channels=1, size=64, num_classes=0)
+    w = g.net[0].weight
+    assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 1e-3
