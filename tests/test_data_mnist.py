@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ganforge.data.cache import cached_files
 from ganforge.data import dataset_table, load_dataset
 from ganforge.errors import ConfigError, DataError
 
@@ -17,14 +18,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("GANFORGE_CACHE", str(d))
-    return d
-
-
-def cache_files(cache_dir: Path) -> list[Path]:
-    return sorted((cache_dir / "arrays").glob("*")) if (cache_dir / "arrays").exists() else []
+def cache_dir(tmp_path, monkeypatch):  # never the user's cache
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
@@ -54,7 +50,7 @@ def test_idx_roundtrip(tmp_path, gz, cache_dir):
     assert torch.equal(d.images[:, 0], torch.from_numpy(images))
     assert d.labels.tolist() == labels.tolist() and d.labels.dtype == torch.int64
     assert d.num_classes == 10
-    assert len(cache_files(cache_dir)) == 1
+    assert len(cached_files()) == 1
     again = load_dataset(name="mnist", root=tmp_path / "d")  # from the cache
     assert torch.equal(again.images, d.images) and torch.equal(again.labels, d.labels)
 
@@ -122,7 +118,7 @@ def test_bad_idx(tmp_path, cache_dir, case, pattern):
     with pytest.raises(DataError, match=pattern) as e:
         load_dataset(name="mnist", root=root)
     assert "\n" not in str(e.value)
-    assert cache_files(cache_dir) == []
+    assert cached_files() == []
 
 
 def test_offline_download_says_where_to_put_files(monkeypatch, cache_dir):
@@ -135,7 +131,7 @@ def test_offline_download_says_where_to_put_files(monkeypatch, cache_dir):
     with pytest.raises(DataError, match=r"could not download mnist .*put train-images-idx3-ubyte.gz, .* in "
                                         + str(cache_dir / "MNIST" / "raw")):
         load_dataset(name="mnist")
-    assert cache_files(cache_dir) == []
+    assert cached_files() == []
 
 
 def test_changed_source_is_a_new_cache_entry(tmp_path, cache_dir):
@@ -143,19 +139,19 @@ def test_changed_source_is_a_new_cache_entry(tmp_path, cache_dir):
     a = load_dataset(name="mnist", root=tmp_path)
     write_idx(tmp_path, n=13, seed=2)
     b = load_dataset(name="mnist", root=tmp_path)
-    assert len(a) == 12 and len(b) == 13 and len(cache_files(cache_dir)) == 2
+    assert len(a) == 12 and len(b) == 13 and len(cached_files()) == 2
 
 
 def test_no_cache_writes_nothing(tmp_path, cache_dir):
     write_idx(tmp_path)
     load_dataset(name="mnist", root=tmp_path, cache=False)
-    assert cache_files(cache_dir) == []
+    assert cached_files() == []
 
 
 def test_damaged_cache_file_is_decoded_again(tmp_path, cache_dir):
     write_idx(tmp_path)
     a = load_dataset(name="mnist", root=tmp_path)
-    (f,) = cache_files(cache_dir)
+    (f,) = cached_files()
     f.write_bytes(f.read_bytes()[:1000])
     b = load_dataset(name="mnist", root=tmp_path)
     assert torch.equal(a.images, b.images)

@@ -17,6 +17,9 @@ from ganforge.errors import ConfigError
 # Importing a reader registers it.
 from ganforge.data import idx as _idx  # noqa: F401  (mnist, fashion-mnist)
 from ganforge.data import mnist5k as _mnist5k  # noqa: F401
+from ganforge.data import folder as _folder  # noqa: F401
+from ganforge.data import cifar as _cifar  # noqa: F401
+from ganforge.data import celeba as _celeba  # noqa: F401
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
            "load_dataset", "dataset_table"]

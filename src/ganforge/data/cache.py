@@ -31,6 +31,12 @@ def arrays_dir() -> Path:
     return default_cache_dir() / "arrays"
 
 
+def cached_files() -> list[Path]:
+    """The decoded arrays kept in the cache folder (for listings, clean-up and tests)."""
+    d = arrays_dir()
+    return sorted(d.glob("*.npz")) + sorted(d.glob("*.tmp")) if d.is_dir() else []
+
+
 def fingerprint(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
     """(resolved path, size, mtime_ns) of each source file: cheap, and changes when a file does."""
     out = []
@@ -84,12 +90,16 @@ def _load(path: Path) -> ImageData:
 
 
 def cached(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str = "",
-           limit: int = 0, cache: bool = True, decode: Callable[[], ImageData]) -> ImageData:
-    """Return the cached array for these inputs, or decode it, check it and store it."""
+           limit: int = 0, cache: bool = True, decode: Callable[[], ImageData],
+           extra: Sequence[tuple[str, int, int]] = ()) -> ImageData:
+    """Return the cached array for these inputs, or decode it, check it and store it.
+
+    extra: fingerprint entries a reader computed itself (a folder lists and stats its files once).
+    """
     if not cache:
         return check(decode())
-    key = cache_key(name=name, split=split, sources=fingerprint(sources), size=size, crop=crop,
-                    limit=limit)
+    key = cache_key(name=name, split=split, sources=fingerprint(sources) + list(extra), size=size,
+                    crop=crop, limit=limit)
     path = cache_path(name=name, split=split, size=size, key=key)
     if path.exists():
         t = time.perf_counter()

@@ -1,0 +1,70 @@
+"""`folder`: any tree of png/jpg/jpeg/webp/bmp images, or a zip of one, as a dataset.
+
+Labels come from the first-level subfolder names when every image lies in one (`root/cat/1.jpg`,
+`root/dog/2.png`); otherwise the images are unlabelled. Each image is converted to RGB (grey,
+palette and alpha images included), centre-cropped to a square on its shorter side and resized
+to `size` (64 by default). `load_tree` is also how the CIFAR-10 tree and CelebA are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ganforge.data.base import ImageData, register_dataset
+from ganforge.data.cache import cached
+from ganforge.data.images import Crop, ImageTree, centre_square, decode_tree, list_tree
+from ganforge.data.sources import Location, register_locator
+from ganforge.errors import DataError
+
+DEFAULT_SIZE = 64
+
+
+def load_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, cache: bool,
+              crop: Crop = centre_square, crop_id: str = "centre-square", labelled: bool = True,
+              class_names: Optional[tuple[str, ...]] = None) -> ImageData:
+    """Decode (or fetch from the cache) the first `limit` images of a tree at `size` x `size`.
+
+    class_names: a fixed class list (e.g. CIFAR-10's, in its official order); subfolder names
+    must then be among them. None: the sorted subfolder names are the classes.
+    """
+    tree = tree.head(limit)
+    found = tree.labels() if labelled else None
+    labels, classes = (None, ()) if found is None else found
+    if found is not None and class_names is not None:
+        unknown = sorted(set(classes) - set(class_names))
+        if unknown:
+            raise DataError(f"{tree.origin}: unexpected class folder(s) {', '.join(unknown)} for {name} "
+                            f"(expected {', '.join(class_names)})")
+        remap = np.array([class_names.index(c) for c in classes], dtype=np.int64)
+        labels, classes = remap[labels], class_names
+
+    def decode() -> ImageData:
+        images, keep = decode_tree(tree, size=size, crop=crop, desc=f"{name}/{split}")
+        return ImageData(images=torch.from_numpy(images),
+                         labels=None if labels is None else torch.from_numpy(labels[keep]),
+                         class_names=classes, source=str(tree.origin))
+
+    # The tree's fingerprint already covers every file (path, size, mtime), so it is the source.
+    return cached(name=name, split=split, sources=[], extra=tree.fingerprint, size=size, crop=crop_id,
+                  limit=limit, cache=cache, decode=decode)
+
+
+@register_locator("folder")
+def locate(root: Optional[Path]) -> Location:
+    if root is None:
+        return Location((), None, "needs --data-dir: a folder of images or a zip of one")
+    return Location((root,), root if root.exists() else None)
+
+
+@register_dataset("folder", channels=3, native_size=DEFAULT_SIZE, num_classes=0,
+                  description="any folder (or zip) of png/jpg/webp/bmp images; subfolders = classes",
+                  splits=("train",), expected_files=())
+def load_folder(*, root: Optional[Path], split: str, size: int, limit: int = 0, cache: bool = True) -> ImageData:
+    if root is None:
+        raise DataError("dataset 'folder' needs a data directory: --data-dir DIR (a folder of images or a zip)")
+    return load_tree(list_tree(root), name="folder", split=split, size=size or DEFAULT_SIZE, limit=limit,
+                     cache=cache)

@@ -1,0 +1,174 @@
+"""Decode a tree of image files (a folder or a zip of one) into one uint8 array, once.
+
+Shared by the `folder`, `cifar10` (JPEG/PNG tree) and `celeba` readers. Files are listed in
+sorted order (so `limit` and labels are reproducible), decoded with a thread pool (PIL releases
+the GIL while decoding) behind a progress bar, cropped and resized per image with PIL's
+antialiased bilinear filter. A few unreadable files are skipped and reported; when more than
+half are unreadable the folder is probably not what the user meant, so it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from ganforge.errors import DataError
+
+log = logging.getLogger("ganforge.data")
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+Crop = Callable[[Image.Image], Image.Image]
+
+_CHUNK = 256          # images per pool task: big enough to amortise scheduling, small for a smooth bar
+_PROGRESS_FROM = 1000  # no bar for a handful of images (tests, tiny folders)
+
+
+def _is_image(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTS)
+
+
+@dataclass
+class ImageTree:
+    """The image files under a folder or inside a zip, as sorted posix paths relative to `base`."""
+
+    origin: Path                      # the folder or the zip file
+    names: list[str]
+    fingerprint: list[tuple[str, int, int]]   # what the array cache keys on
+    base: str = ""                    # prefix inside a zip (its single top-level folder), else ""
+    is_zip: bool = False
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def head(self, limit: int) -> "ImageTree":
+        return self if not limit else ImageTree(self.origin, self.names[:limit], self.fingerprint,
+                                                self.base, self.is_zip)
+
+    def labels(self) -> Optional[tuple[np.ndarray, tuple[str, ...]]]:
+        """(int64 labels, class names) from first-level subfolders, or None if any file is loose."""
+        if not self.names or any("/" not in n for n in self.names):
+            return None
+        first = [n.split("/", 1)[0] for n in self.names]
+        classes = tuple(sorted(set(first)))
+        index = {c: i for i, c in enumerate(classes)}
+        return np.array([index[c] for c in first], dtype=np.int64), classes
+
+
+def list_tree(path: Path) -> ImageTree:
+    """All image files under a folder, or in a zip; DataError when there is none or no such path."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    path = path.resolve()
+    if path.is_file():
+        return _list_zip(path)
+    names, stats = [], [(str(path), 0, 0)]
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, path)
+        for f in sorted(filenames):
+            if _is_image(f):
+                name = f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}"
+                st = os.stat(os.path.join(dirpath, f))
+                names.append(name)
+                stats.append((name, st.st_size, st.st_mtime_ns))
+    if not names:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
+    order = np.argsort(names, kind="stable")  # sorted by full relative path, not walk order
+    return ImageTree(path, [names[i] for i in order], [stats[0]] + [stats[i + 1] for i in order])
+
+
+def _list_zip(path: Path) -> ImageTree:
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a zip file (expected a folder of images or a .zip of one)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = sorted(i.filename for i in z.infolist()
+                           if not i.is_dir() and _is_image(i.filename) and not i.filename.startswith("__MACOSX/"))
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path}: unreadable zip file ({e})") from None
+    if not names:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this zip")
+    # A zip of a folder holds `folder/...`: strip that one top level, as if the folder were given.
+    tops = {n.split("/", 1)[0] for n in names}
+    base = ""
+    if len(tops) == 1 and all("/" in n for n in names):
+        base = tops.pop() + "/"
+        names = [n[len(base):] for n in names]
+    st = os.stat(path)
+    return ImageTree(path, names, [(str(path), st.st_size, st.st_mtime_ns)], base, True)
+
+
+def centre_square(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s)) if (w, h) != (s, s) else im
+
+
+def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc: str = "decoding",
+                workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [M, 3, size, size], int64 indices of the M files that decoded) for an ImageTree."""
+    n = len(tree)
+    out = np.empty((n, 3, size, size), dtype=np.uint8)  # decoded straight into NCHW
+    ok = np.zeros(n, dtype=bool)
+    errors: list[tuple[str, str]] = []
+    local = threading.local()
+    opened: list[zipfile.ZipFile] = []
+
+    def open_file(name: str):
+        if not tree.is_zip:
+            return open(tree.origin / name, "rb")
+        if not hasattr(local, "zip"):  # one handle per thread: ZipFile reads are not thread-safe
+            local.zip = zipfile.ZipFile(tree.origin)
+            opened.append(local.zip)
+        return local.zip.open(tree.base + name)
+
+    def one(i: int) -> None:
+        name = tree.names[i]
+        try:
+            with open_file(name) as f, Image.open(f) as im:
+                im = crop(im.convert("RGB"))  # also turns grey, palette and RGBA into RGB
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+                out[i] = np.asarray(im).transpose(2, 0, 1)
+                ok[i] = True
+        except Exception as e:  # noqa: BLE001 - any failure on an untrusted file means "unreadable"
+            errors.append((name, " ".join(f"{type(e).__name__}: {e}".split())))
+
+    def chunk(start: int) -> int:
+        for i in range(start, min(start + _CHUNK, n)):
+            one(i)
+        return min(_CHUNK, n - start)
+
+    from tqdm import tqdm
+
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    try:
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=desc, unit="img", file=sys.stderr,
+                                                       disable=n < _PROGRESS_FROM, leave=False) as bar:
+            for done in pool.map(chunk, range(0, n, _CHUNK)):
+                bar.update(done)
+    finally:
+        for z in opened:
+            z.close()
+
+    if errors:
+        errors.sort()
+        first = f"first: {tree.origin / (tree.base + errors[0][0])}: {errors[0][1]}"
+        if 2 * len(errors) > n:
+            raise DataError(f"{tree.origin}: {len(errors)} of {n} images are unreadable or corrupt ({first}); stopping")
+        log.warning("%s: skipped %d of %d images that are unreadable or corrupt (%s)", tree.origin,
+                    len(errors), n, first)
+    keep = np.flatnonzero(ok)
+    return (out if len(keep) == n else out[keep]), keep
