@@ -36,6 +36,7 @@ class ModelConfig:
     d_channels: int = 64            # width of the discriminator's first layer
     conditional: bool = False       # class-conditional G and D (needs a labelled dataset)
     dropout: float = 0.0            # discriminator dropout
+    d_norm: str = "batch"           # for arch=dcgan, D's normalisation: batch | layer | none (wgan-gp: not batch)
     upsample: str = "nearest"       # for arch=upsample: nearest | bilinear
     ema: float = 0.0                # decay of an exponential moving average of G; 0 turns it off
 
@@ -70,12 +71,15 @@ class TrainConfig:
     log_every: int = 25             # steps between metrics.jsonl lines (and the only host syncs)
     sample_every: int = 1           # epochs between sample grids
     checkpoint_every: int = 1       # epochs between checkpoints
+    checkpoint_steps: int = 0       # also checkpoint every N steps inside an epoch; 0 turns it off
     keep_checkpoints: int = 3
     num_samples: int = 64           # fixed latent vectors drawn for every snapshot (8x8 grid)
     amp: str = "auto"               # auto (bf16 on CUDA) | bf16 | off
     channels_last: bool = True
     compile: bool = False           # torch.compile the generator and discriminator
     threads: int = 0                # CPU threads; 0 uses every core
+    max_rollbacks: int = 3          # non-finite loss or weight: roll back at most this many times
+    rollback_lr_factor: float = 0.5 # each rollback multiplies both learning rates by this
 
 
 @dataclass
@@ -205,6 +209,8 @@ def validate(cfg: Config) -> None:
         (t.log_every >= 1, "train.log_every must be at least 1"),
         (t.sample_every >= 1 and t.checkpoint_every >= 1, "train.sample_every and checkpoint_every must be ≥ 1"),
         (t.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
+        (t.checkpoint_steps >= 0 and t.max_rollbacks >= 0, "train.checkpoint_steps and max_rollbacks must be ≥ 0"),
+        (0.0 < t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor must be in (0, 1]"),
         (t.num_samples >= 1, "train.num_samples must be at least 1"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
          f"train.device={t.device!r}: choose auto, cpu, cuda or mps"),

@@ -26,10 +26,12 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
     """Build G and D for images of `channels` x `size` x `size`; `num_classes` > 0 makes them conditional."""
     if cfg.conditional and num_classes < 2:
-        raise ConfigError("model.conditional=true needs a labelled dataset (this one has no class labels)")
+        raise ConfigError("model.conditional=true needs a labelled dataset (this one has no class labels): use "
+                          "mnist, fashion-mnist, mnist-5k, cifar10 or a folder with one subfolder per class, "
+                          "or set model.conditional=false")
     build = MODELS.get(cfg.arch)
     return build(cfg, channels=channels, size=size, num_classes=num_classes if cfg.conditional else 0)
 
 
 # Importing the architecture modules fills MODELS.
-from ganforge.models import dcgan  # noqa: E402,F401
+from ganforge.models import dcgan, mlp, upsample  # noqa: E402,F401

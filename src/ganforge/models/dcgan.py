@@ -3,6 +3,10 @@ strided-convolution discriminator with batch norm and LeakyReLU(0.2), for 28, 32
 
 At 64x64 with 64 base channels this is the classic workload: G 100->512->256->128->64->C with
 4x4 transposed convolutions, D its mirror.
+
+`model.d_norm` picks D's normalisation: `batch` (the paper), `layer` or `none`. A WGAN-GP critic
+must not use batch norm: the gradient penalty is taken per sample, and batch norm makes each
+output depend on the whole batch (Gulrajani et al. 2017, section 4, recommend layer norm).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 from torch import nn
 
 from ganforge.config import ModelConfig
+from ganforge.errors import ConfigError
 from ganforge.models import register_model
 from ganforge.models.common import LatentWithLabel, Projection, conv_stages, dcgan_init
 
@@ -40,14 +45,29 @@ class DCGANGenerator(nn.Module):
         return self.net(h[:, :, None, None])
 
 
+D_NORMS = ("batch", "layer", "none")
+
+
+def _d_norm(kind: str, ch: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "layer":  # over (C, H, W) of each sample, with a per-channel scale and shift
+        return nn.GroupNorm(1, ch)
+    return nn.Identity()
+
+
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, dropout: float = 0.0):
+    def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, dropout: float = 0.0,
+                 norm: str = "batch"):
         super().__init__()
+        if norm not in D_NORMS:
+            raise ConfigError(f"model.d_norm={norm!r}: choose one of: {', '.join(D_NORMS)}")
         start, stages = conv_stages(size, arch="dcgan")
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         ch = width
         for _ in range(stages - 1):  # [B, ch, s, s] -> [B, 2ch, s/2, s/2]
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm == "none"), _d_norm(norm, ch * 2),
+                       nn.LeakyReLU(0.2, True)]
             if dropout:
                 layers.append(nn.Dropout2d(dropout))
             ch *= 2
@@ -66,5 +86,5 @@ class DCGANDiscriminator(nn.Module):
 def build_dcgan(cfg: ModelConfig, *, channels: int, size: int, num_classes: int):
     g = DCGANGenerator(z_dim=cfg.z_dim, channels=channels, size=size, width=cfg.g_channels, num_classes=num_classes)
     d = DCGANDiscriminator(channels=channels, size=size, width=cfg.d_channels, num_classes=num_classes,
-                           dropout=cfg.dropout)
+                           dropout=cfg.dropout, norm=cfg.d_norm)
     return g, d
