@@ -4,9 +4,20 @@ Heusel et al. 2017 (FID), Bińkowski et al. 2018 (KID), Salimans et al. 2016 (In
 Kynkäänniemi et al. 2019 (precision and recall). See docs/evaluation.md.
 
     from ganforge.metrics import evaluate, make_generate, METRICS
+
+Names are imported on first use, so `ganforge --help` does not load scipy.
 """
 
-from ganforge.metrics.definitions import METRICS, MetricSpec
-from ganforge.metrics.evaluate import evaluate, make_generate
+from __future__ import annotations
 
-__all__ = ["METRICS", "MetricSpec", "evaluate", "make_generate"]
+_EXPORTS = {"METRICS": "definitions", "MetricSpec": "definitions", "evaluate": "evaluate",
+            "make_generate": "evaluate"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"ganforge.metrics.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'ganforge.metrics' has no attribute {name!r}")
