@@ -134,6 +134,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list datasets, where each looks for files, and which are present")
     p.add_argument("--data-dir", help="also look in this folder")
     p.set_defaults(func=cmd_datasets)
+    from ganforge.metrics import command as eval_command
+
+    eval_command.add_parser(sub)
     return parser
 
 
