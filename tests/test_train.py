@@ -43,7 +43,7 @@ def test_two_epochs_write_every_artifact(tmp_path, tiny_args):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "time"} <= set(records[0])
     assert records[-1]["step"] == 16  # 2 epochs x 256 images / 32 per batch
-    assert len(list_checkpoints(run)) == 2
+    assert [p.name for p in list_checkpoints(run)] == ["step_000000000", "step_000000008", "step_000000016"]
     # A second run with the same name gets a new folder instead of overwriting.
     assert run_cli(["train", "--out", str(tmp_path), "--name", "r", "--max-steps", "2", *tiny_args]) == 0
     assert (tmp_path / "r-2" / "config.yaml").is_file()

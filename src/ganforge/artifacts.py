@@ -46,14 +46,19 @@ class RunLog:
         self.history: list[dict[str, Any]] = []
         if resume_step is not None and self.metrics_path.exists():
             lines = [json.loads(s) for s in self.metrics_path.read_text().splitlines() if s.strip()]
-            self.history = [r for r in lines if r.get("step", 0) <= resume_step]
-            tmp = self.metrics_path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-            os.replace(tmp, self.metrics_path)
+            self.history = lines
+            self.truncate(resume_step)
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides events a killed run wrote after its last checkpoint.
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def truncate(self, step: int) -> None:
+        """Forget records past `step` (after a rollback), rewriting the file atomically."""
+        self.history = [r for r in self.history if r.get("step", 0) <= step]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        os.replace(tmp, self.metrics_path)
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)

@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,29 +24,15 @@ from torch import nn
 from ganforge import __version__
 from ganforge.artifacts import RunLog
 from ganforge.checkpoint import load_latest, save_checkpoint, split_prefix
-from ganforge.config import Config, OptimConfig, save_yaml, to_dict
+from ganforge.config import Config, save_yaml, to_dict
 from ganforge.data import load_dataset
 from ganforge.data.batches import DeviceBatches
-from ganforge.errors import ConfigError
+from ganforge.errors import ConfigError, GanforgeError
+from ganforge.health import HealthGuard
 from ganforge.losses import LOSSES, gradient_penalty
 from ganforge.models import build_models
-from ganforge.registry import Registry
+from ganforge.optim import OPTIMIZERS
 from ganforge import runtime
-
-OPTIMIZERS: Registry = Registry("optimizer")
-
-
-@OPTIMIZERS.register("adam")
-def _adam(params, lr: float, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    # One fused kernel for the whole update instead of a loop over parameters.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-
-
-@OPTIMIZERS.register("sgd")
-def _sgd(params, lr: float, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, foreach=True)
-
 
 @dataclass
 class Progress:
@@ -53,7 +40,17 @@ class Progress:
     epoch: int = 0         # current epoch, 0-based
     pos: int = 0           # batches of the current epoch already done
     images: int = 0        # real images seen, all ranks together
-    wall: float = 0.0      # training seconds before this process started
+    wall: float = 0.0      # training seconds so far
+    rollbacks: int = 0     # health-guard rollbacks so far
+    lr_scale: float = 1.0  # product of the rollback learning-rate cuts
+
+
+class Rollback(Exception):
+    """Raised inside the loop after the state was restored from the last good checkpoint."""
+
+
+class TrainingDiverged(GanforgeError):
+    """The loss kept turning non-finite after every rollback."""
 
 
 class Stop(Exception):
@@ -97,12 +94,14 @@ class Trainer:
             self.g_step_fn, self.d_step_fn = torch.compile(self.G), torch.compile(self.D)
 
         self.progress = Progress()
+        self.resumed = resume
         if resume:
             self._restore()
         # Different noise on every rank, after the shared weight initialisation.
         if not resume:
             runtime.seed_everything(t.seed + 1 + dist.rank)
         self.log = RunLog(run_dir, resume_step=self.progress.step if resume else None) if dist.is_main else None
+        self.health = HealthGuard(loss_has_probabilities=cfg.loss.name in ("bce", "minimax"))
         self._stop_reason: Optional[str] = None
         self._sums: dict[str, torch.Tensor] = {}
         self._window = (time.perf_counter(), self.progress.images)
@@ -120,7 +119,7 @@ class Trainer:
             return z.to(self.device), labels.to(self.device)
         return torch.randn(n, self.cfg.model.z_dim, generator=g).to(self.device), None
 
-    def _restore(self) -> None:
+    def _restore(self) -> Path:
         path, tensors, state = load_latest(self.run_dir, map_location="cpu")
         if state.get("data_shape", {}).get("size") != self.data_info["size"]:
             raise ConfigError(f"{path}: checkpoint is for {state['data_shape']} images; the data now gives "
@@ -132,10 +131,12 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.progress = Progress(**state["progress"])
+        self._apply_lr_scale()
         runtime.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
         if self.dist.is_main:
             print(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch + 1}, "
                   f"{self.progress.images / 1000:.1f} kimg", flush=True)
+        return path
 
     # ------------------------------------------------------------------ one step
 
@@ -192,36 +193,23 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> Path:
-        from ganforge.progress import EpochBar
-
-        cfg, t, p = self.cfg, self.cfg.train, self.progress
+        t, p = self.cfg.train, self.progress
         if self.dist.is_main:
             self._write_static()
+        if not self.resumed:
+            self.save()  # a rollback target from the very start
         previous = self._install_signal_handlers()
-        start_wall = time.perf_counter() - p.wall
+        self._start_wall = time.perf_counter() - p.wall
+        stopped = None
         try:
             while p.epoch < t.epochs:
-                bar = EpochBar(epoch=p.epoch, epochs=t.epochs, total=self.batches.steps_per_epoch, start=p.pos,
-                               enabled=self.dist.is_main)
-                for x, labels in self.batches.epoch(p.epoch, start=p.pos):
-                    self.G.train()
-                    self.train_step(x, labels)
-                    p.step += 1
-                    p.pos += 1
-                    p.images += x.shape[0] * self.dist.world_size
-                    p.wall = time.perf_counter() - start_wall
-                    bar.update()
-                    if p.step % t.log_every == 0:
-                        bar.show(self._flush_log())
-                    if t.max_steps and p.step >= t.max_steps:
-                        raise Stop(f"reached train.max_steps={t.max_steps}")
-                    if self._stop_reason:
-                        raise Stop(self._stop_reason)
-                bar.close()
+                try:
+                    self._run_epoch()
+                except Rollback:
+                    continue
                 p.epoch += 1
                 p.pos = 0
                 self._end_of_epoch(force=p.epoch == t.epochs)
-            stopped = None
         except Stop as stop:
             stopped = str(stop)
             if self._sums:
@@ -239,6 +227,32 @@ class Trainer:
                 print(f"resume with: ganforge train --resume {self.run_dir}", flush=True)
         return self.run_dir
 
+    def _run_epoch(self) -> None:
+        from ganforge.progress import EpochBar
+
+        t, p = self.cfg.train, self.progress
+        bar = EpochBar(epoch=p.epoch, epochs=t.epochs, total=self.batches.steps_per_epoch, start=p.pos,
+                       enabled=self.dist.is_main)
+        try:
+            for x, labels in self.batches.epoch(p.epoch, start=p.pos):
+                self.G.train()
+                self.train_step(x, labels)
+                p.step += 1
+                p.pos += 1
+                p.images += x.shape[0] * self.dist.world_size
+                p.wall = time.perf_counter() - self._start_wall
+                bar.update()
+                if p.step % t.log_every == 0:
+                    bar.show(self._flush_log())
+                if t.checkpoint_steps and p.step % t.checkpoint_steps == 0 and p.pos < self.batches.steps_per_epoch:
+                    self.save()
+                if t.max_steps and p.step >= t.max_steps:
+                    raise Stop(f"reached train.max_steps={t.max_steps}")
+                if self._stop_reason:
+                    raise Stop(self._stop_reason)
+        finally:
+            bar.close()
+
     def _flush_log(self) -> dict:
         sums = {k: (v if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in self._sums.items()}
         self._sums = {}
@@ -253,9 +267,40 @@ class Trainer:
                   "loss_d": values.get("loss_d", math.nan) / n_d, "loss_g": values.get("loss_g", math.nan) / n_g,
                   "d_real": values.get("d_real", math.nan) / n_d, "d_fake": values.get("d_fake", math.nan) / n_d,
                   "images_per_s": rate, "time": p.wall}
+        if not self.health.finite_record(record) or not self.health.finite_weights([self.G, self.D]):
+            self._rollback(f"non-finite loss or weight at step {p.step} "
+                           f"(loss_d={record['loss_d']}, loss_g={record['loss_g']})")
+        self.health.check_balance(record)
         if self.log is not None:
             self.log.log(record)
         return record
+
+    def _rollback(self, reason: str) -> None:
+        """Restore the last good checkpoint with lower learning rates, or stop after too many tries."""
+        t, p = self.cfg.train, self.progress
+        if p.rollbacks >= t.max_rollbacks:
+            raise TrainingDiverged(f"{reason}; gave up after {p.rollbacks} rollbacks (train.max_rollbacks). "
+                                   f"Lower optim.lr_g / optim.lr_d or change the loss, then resume from "
+                                   f"{self.run_dir}")
+        rollbacks, lr_scale = p.rollbacks + 1, p.lr_scale * t.rollback_lr_factor
+        path = self._restore()
+        p = self.progress
+        p.rollbacks, p.lr_scale = rollbacks, lr_scale
+        self._apply_lr_scale()
+        self._sums = {}
+        self._start_wall = time.perf_counter() - p.wall
+        if self.log is not None:
+            self.log.truncate(p.step)
+            self.log.log({"step": p.step, "event": "rollback", "reason": reason, "restored": str(path),
+                          "lr_scale": lr_scale})
+        warnings.warn(f"{reason}: rolled back to {path.name} and scaled the learning rates by {lr_scale:g} "
+                      f"(rollback {rollbacks} of {t.max_rollbacks})", stacklevel=2)
+        raise Rollback
+
+    def _apply_lr_scale(self) -> None:
+        for opt, lr in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * self.progress.lr_scale
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
@@ -274,6 +319,8 @@ class Trainer:
         runtime.average_buffers(self.D, self.dist.world_size)
         if self.log is not None and (force or p.epoch % t.sample_every == 0):
             images = self.sample(self.fixed_z, self.fixed_labels)
+            if p.images >= 50_000:  # an untrained G is legitimately near-constant; judge it only later
+                self.health.check_diversity(images[:64], self.real_preview[:64].float() / 127.5 - 1, step=p.step)
             nrow = 8
             self.log.save_grid(images, f"epoch_{epoch_done:04d}.png", step=p.step, nrow=nrow)
             if self.num_classes:
@@ -283,6 +330,9 @@ class Trainer:
             self.save()
 
     def save(self) -> Optional[Path]:
+        # Never write a checkpoint holding NaNs: it would become the rollback target.
+        if not self.health.finite_weights([self.G, self.D]):
+            self._rollback(f"non-finite weights at step {self.progress.step}")
         # Every rank's RNG goes into the checkpoint so a resumed DDP run draws the same noise.
         states = [runtime.rng_state()]
         if self.dist.enabled:
