@@ -22,6 +22,8 @@ from ganforge.errors import ConfigError, GanforgeError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 CLASSIFIER_DATASETS = ("mnist", "fashion-mnist")
+# Datasets whose images the shipped classifiers were trained on (mnist-5k is a subset of MNIST).
+CLASSIFIER_FOR = {"mnist": "mnist", "mnist-5k": "mnist", "fashion-mnist": "fashion-mnist"}
 INPUT_SIZE = 28
 FEATURE_DIM = 128
 

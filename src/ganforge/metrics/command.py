@@ -22,7 +22,7 @@ CLASSIFIER_METRICS = "cls-fid,cls-is,cls-acc"
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="FID, KID, IS, precision/recall of a trained run",
-                              description=__doc__.splitlines()[0])
+                              description="Compute FID, KID, IS, precision/recall and classifier metrics for a run.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `ganforge train`")
     p.add_argument("--checkpoint", help="a checkpoint folder (default: the run's latest)")
     p.add_argument("--n", type=int, default=10000, help="generated images (default 10000; papers use 50000)")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ganforge.data import DATASETS, load_dataset
-    from ganforge.metrics.classifier import CLASSIFIER_DATASETS
+    from ganforge.metrics.classifier import CLASSIFIER_FOR
     from ganforge.metrics.evaluate import evaluate, make_generate
     from ganforge.runtime import pick_device
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.split not in spec.splits:
         raise ConfigError(f"dataset {name!r} has no {args.split!r} split (it has: {', '.join(spec.splits)}); "
                           f"use --split {spec.splits[0]}")
-    metrics = args.metrics or DEFAULT_METRICS + ("," + CLASSIFIER_METRICS if name in CLASSIFIER_DATASETS else "")
+    metrics = args.metrics or DEFAULT_METRICS + ("," + CLASSIFIER_METRICS if name in CLASSIFIER_FOR else "")
     keys = [m.strip() for m in metrics.split(",") if m.strip()]
     root = args.data_dir or cfg.data.root
 

@@ -79,12 +79,12 @@ def _build_network(key: str, *, device, inception_path, cache_dir, classifier: O
         net = InceptionFeatures(inception_path, device=device, cache_dir=cache_dir)
         return _Network(key, net, name=net.name + (" (pt_inception, with logits)" if net.has_logits else " (TorchScript)"),
                         sha256=net.sha256, resize=net.resize_method, source=f"{net.source.origin}: {net.source.path}")
-    from ganforge.metrics.classifier import CLASSIFIER_DATASETS, INPUT_SIZE, ShippedClassifier
+    from ganforge.metrics.classifier import CLASSIFIER_FOR, INPUT_SIZE, ShippedClassifier
 
-    if classifier not in CLASSIFIER_DATASETS:
-        raise Unavailable(f"there is a shipped classifier only for {', '.join(CLASSIFIER_DATASETS)}, "
+    if classifier not in CLASSIFIER_FOR:
+        raise Unavailable(f"there is a shipped classifier only for {', '.join(CLASSIFIER_FOR)}, "
                           f"not for {classifier!r}")
-    net = ShippedClassifier(classifier, device=device)
+    net = ShippedClassifier(CLASSIFIER_FOR[classifier], device=device)
     return _Network(key, net, name=net.name, sha256=net.sha256, source=str(net.path),
                     resize=f"none at {INPUT_SIZE}x{INPUT_SIZE}, else antialiased bilinear to {INPUT_SIZE}")
 
