@@ -92,7 +92,7 @@ class ShippedClassifier:
     """The trained classifier for one dataset, ready for feature extraction."""
 
     def __init__(self, dataset: str, *, device: str | torch.device = "cpu", path: Optional[Path] = None):
-        from safetensors import SafeTensorError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
 
         self.dataset = dataset
@@ -106,12 +106,15 @@ class ShippedClassifier:
             state = load_file(str(self.path))
             with safe_open(str(self.path), framework="pt") as f:
                 self.meta = dict(f.metadata() or {})
-        except (SafeTensorError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise ClassifierWeightsError(f"classifier weights {self.path} are unreadable: {e}") from None
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.device = torch.device(device)
         self.model = DigitClassifier(num_classes=int(self.meta.get("num_classes", 10)))
-        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        try:
+            self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        except RuntimeError:
+            raise ClassifierWeightsError(f"{self.path} does not hold DigitClassifier weights") from None
         self.model.to(self.device).eval()
         self.name = f"ganforge-{dataset}-classifier"
 
