@@ -59,6 +59,16 @@ def test_labelled_tree(tmp_path, cache_dir):
     assert torch.equal(again.images, d.images) and torch.equal(again.labels, d.labels)
 
 
+def test_big_jpeg_reduced_decode_matches_full_decode(tmp_path):
+    """A 1024 px photo (decoded at reduced JPEG scale) gives nearly the same 32 px image as a PNG copy."""
+    yy, xx = np.mgrid[0:768, 0:1024]
+    rgb = np.stack([xx * 255 // 1023, yy * 255 // 767, (xx + yy) % 256 // 2], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    Image.open(tmp_path / "a.jpg").save(tmp_path / "b.png")
+    d = load_dataset(name="folder", root=tmp_path, size=32).images.float()
+    assert d.shape == (2, 3, 32, 32) and (d[0] - d[1]).abs().mean() < 2
+
+
 def test_flat_folder_is_unlabelled_default_size_64(tmp_path):
     for i in range(3):
         save(tmp_path / f"{i}.png", solid((i, i, i)))

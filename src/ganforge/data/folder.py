@@ -43,7 +43,7 @@ def load_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, 
         labels, classes = remap[labels], class_names
 
     def decode() -> ImageData:
-        images, keep = decode_tree(tree, size=size, crop=crop, desc=f"{name}/{split}")
+        images, keep = decode_tree(tree, size=size, crop=crop, desc=f"{name}/{split}", draft=crop is centre_square)
         return ImageData(images=torch.from_numpy(images),
                          labels=None if labels is None else torch.from_numpy(labels[keep]),
                          class_names=classes, source=str(tree.origin))
