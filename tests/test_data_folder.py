@@ -218,3 +218,15 @@ def test_real_celeba_6k(real_celeba):
     d32 = load_dataset(name="celeba", root=real_celeba / "img_align_celeba", limit=8, size=32)
     assert d32.images.shape == (8, 3, 32, 32)
     assert np.isclose(d32.images.float().mean(), d.images[:8].float().mean(), atol=3)
+
+
+def test_dataset_table_sees_celeba_cifar_and_folder(tmp_path):
+    from ganforge.data import dataset_table
+
+    make_celeba(tmp_path / "img_align_celeba", n=1)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
+    rows = {line.split()[0]: line.split()[1:3] for line in dataset_table(tmp_path).splitlines()[2:]}
+    assert rows["celeba"] == ["yes", str(tmp_path / "img_align_celeba")]
+    assert rows["cifar10"] == ["yes", str(tmp_path / "cifar-10-batches-py")]
+    assert rows["folder"][0] == "yes" and rows["mnist"][0] == "no"
