@@ -72,6 +72,8 @@ def test_fid_of_the_real_set_against_itself_is_zero_and_record_is_complete(nets)
     assert fid["n_real"] == 300 and fid["seed"] == 3 and fid["reference_split"] == "train"
     assert rec["metrics"]["pr"]["value"] == {"precision": 1.0, "recall": 1.0}
     assert abs(rec["metrics"]["kid"]["value"]) < 1e-2
+    flat = ev.flat_values(rec)
+    assert set(flat) == {"fid", "kid", "pr_precision", "pr_recall"}
     # one feature pass per batch for all three metrics: 5 generated + 5 real batches
     assert nets["inception"].calls == 10
 

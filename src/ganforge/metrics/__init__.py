@@ -11,7 +11,7 @@ Names are imported on first use, so `ganforge --help` does not load scipy.
 from __future__ import annotations
 
 _EXPORTS = {"METRICS": "definitions", "MetricSpec": "definitions", "evaluate": "evaluate",
-            "make_generate": "evaluate"}
+            "make_generate": "evaluate", "flat_values": "evaluate"}
 __all__ = sorted(_EXPORTS)
 
 

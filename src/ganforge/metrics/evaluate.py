@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from ganforge import __version__
-from ganforge.errors import ConfigError, GanforgeError
+from ganforge.errors import ConfigError
 from ganforge.metrics.definitions import CLASSIFIER, INCEPTION, METRICS, MetricSpec, Side, Unavailable
 from ganforge.metrics.functional import FeatureStats
 
@@ -255,4 +255,17 @@ def make_generate(generator: torch.nn.Module, *, z_dim: int, num_classes: int = 
     return generate
 
 
-__all__ = ["evaluate", "make_generate", "GanforgeError"]
+def flat_values(record: dict[str, Any]) -> dict[str, float]:
+    """{"fid": 12.3, "pr_precision": 0.7, "pr_recall": 0.5, ...} from an `evaluate` record, for
+    metrics.jsonl and TensorBoard; unavailable metrics are left out."""
+    out: dict[str, float] = {}
+    for name, rec in record["metrics"].items():
+        value = rec.get("value")
+        if isinstance(value, dict):
+            out.update({f"{name}_{k}": float(v) for k, v in value.items()})
+        elif value is not None:
+            out[name] = float(value)
+    return out
+
+
+__all__ = ["evaluate", "make_generate", "flat_values"]
