@@ -1,5 +1,8 @@
 """Named configurations. Each says which founding document (`shared/seeds/00N_*.txt`) or paper it
 reproduces; `ganforge presets` lists them. Add one with `@register_preset(name, source=...)`.
+
+Where a document leaves a setting open the preset takes the common choice of its paper and says
+so in a comment: Adam's beta1 = 0.5 (Radford et al. 2016), dropout 0.3, 64 base channels.
 """
 
 from __future__ import annotations
@@ -19,6 +22,62 @@ def demo() -> Config:
     )
 
 
+# ----------------------------------------------------------------------------- MNIST, fully connected
+
+
+def _mnist_fc(description: str, arch: str, *, dropout: float, label_smoothing: float, epochs: int) -> Config:
+    """Seeds 002 and 003: fully connected G and D on full MNIST, BCE, Adam 2e-4, batch 64."""
+    return Config(
+        description=description,
+        data=DataConfig(name="mnist"),
+        model=ModelConfig(arch=arch, z_dim=100, g_channels=64, d_channels=64, dropout=dropout),  # 256/512/1024
+        loss=LossConfig(name="bce", label_smoothing=label_smoothing),
+        # 003 gives only lr = 0.0002; beta1 = 0.5 as in Radford et al. (0.9 makes these GANs oscillate).
+        optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999),
+        train=TrainConfig(epochs=epochs, batch_size=64, log_every=100, sample_every=5, checkpoint_every=5),
+    )
+
+
+@register_preset("mnist-gan", source="seed 002: fully connected G with batch norm and ReLU; fully connected D "
+                                     "with LeakyReLU and dropout; BCE with label smoothing; Adam")
+def mnist_gan() -> Config:
+    # 002 shows its samples at epoch 50; it names label smoothing (one-sided, 0.9 targets) and dropout.
+    return _mnist_fc("fully connected GAN with batch norm in G, dropout in D and label smoothing, 50 epochs",
+                     "mlp-bn-relu", dropout=0.3, label_smoothing=0.1, epochs=50)
+
+
+@register_preset("mnist-mlp", source="seed 003, model 1: G 100-256-512-1024-784 (ReLU, Tanh), "
+                                     "D 784-1024-512-256-1 (LeakyReLU); 100 epochs, batch 64, Adam 2e-4")
+def mnist_mlp() -> Config:
+    return _mnist_fc("fully connected GAN, ReLU generator (003 model 1), 100 epochs", "mlp",
+                     dropout=0.0, label_smoothing=0.0, epochs=100)
+
+
+@register_preset("mnist-mlp-bn", source="seed 003, model 2: model 1's G with batch norm and LeakyReLU, "
+                                        "the same D; 100 epochs, batch 64, Adam 2e-4")
+def mnist_mlp_bn() -> Config:
+    # 003 compares two generators against one discriminator, so D keeps model 1's (no dropout) here;
+    # `--set model.dropout=0.3` gives arch mlp-bn's D seed 002's dropout.
+    return _mnist_fc("fully connected GAN, batch norm + LeakyReLU generator (003 model 2), 100 epochs", "mlp-bn",
+                     dropout=0.0, label_smoothing=0.0, epochs=100)
+
+
+@register_preset("mnist-upsample", source="seed 000, MNIST: upsampling G with batch norm and LeakyReLU; "
+                                          "fully connected D with dropout; BCE")
+def mnist_upsample() -> Config:
+    return Config(
+        description="upsample + convolution generator, fully connected dropout discriminator, full MNIST",
+        data=DataConfig(name="mnist"),
+        model=ModelConfig(arch="upsample", upsample="nearest", g_channels=64, d_channels=64, dropout=0.3),
+        loss=LossConfig(name="bce"),
+        optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5),
+        train=TrainConfig(epochs=30, batch_size=128, log_every=100),
+    )
+
+
+# ----------------------------------------------------------------------------- convolutional
+
+
 @register_preset("mnist-dcgan", source="seed 004: transposed-convolution G, strided-convolution D, full MNIST")
 def mnist_dcgan() -> Config:
     return Config(
@@ -28,4 +87,61 @@ def mnist_dcgan() -> Config:
         loss=LossConfig(name="bce", label_smoothing=0.1),
         optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5),
         train=TrainConfig(epochs=20, batch_size=128),
+    )
+
+
+@register_preset("mnist-cgan", source="seed 001: conditional GAN on MNIST, BCE; DCGAN G with the label "
+                                      "embedding joined to z, projection D (Miyato & Koyama 2018)")
+def mnist_cgan() -> Config:
+    # 001 leaves the cGAN's layers open. Convolutions learn digit strokes far faster than fully
+    # connected layers, and a projection D checks the class from the first epoch: each row of
+    # samples/classes.png is its digit after 3 epochs on a CPU (see docs or the issue-3 note).
+    return Config(
+        description="class-conditional DCGAN on full MNIST: ask for a digit, get that digit",
+        data=DataConfig(name="mnist"),
+        model=ModelConfig(arch="dcgan", conditional=True, g_channels=64, d_channels=64),
+        loss=LossConfig(name="bce", label_smoothing=0.1),
+        optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5),
+        train=TrainConfig(epochs=10, batch_size=64, log_every=100),
+    )
+
+
+@register_preset("cifar10-dcgan", source="seed 000, CIFAR-10: transposed-convolution G, convolutional D "
+                                         "(Radford et al. 2016 at 32x32)")
+def cifar10_dcgan() -> Config:
+    return Config(
+        description="DCGAN on CIFAR-10 (50,000 colour images, 32x32x3), horizontal flips",
+        data=DataConfig(name="cifar10", hflip=True),
+        model=ModelConfig(arch="dcgan", g_channels=64, d_channels=64),
+        loss=LossConfig(name="bce"),
+        optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5),
+        train=TrainConfig(epochs=50, batch_size=128),
+    )
+
+
+@register_preset("celeba-dcgan", source="seed 000, CelebA: transposed-convolution G; convolutional D with "
+                                        "LeakyReLU and dropout; 64x64 faces")
+def celeba_dcgan() -> Config:
+    return Config(
+        description="DCGAN on CelebA faces, centre-cropped to 64x64, dropout in D",
+        data=DataConfig(name="celeba", size=64, hflip=True),
+        model=ModelConfig(arch="dcgan", g_channels=64, d_channels=64, dropout=0.3),
+        loss=LossConfig(name="bce"),
+        optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5),
+        train=TrainConfig(epochs=20, batch_size=128),
+    )
+
+
+@register_preset("cifar10-wgan-gp", source="seed 000's gradient penalty: WGAN-GP (Gulrajani et al. 2017) on "
+                                           "CIFAR-10; DCGAN G, layer-norm critic, 5 critic steps, Adam 1e-4 (0, 0.9)")
+def cifar10_wgan_gp() -> Config:
+    # Batch norm in the critic would make each sample's gradient depend on the batch, which the
+    # per-sample penalty assumes it does not (Gulrajani et al., section 4): layer norm instead.
+    return Config(
+        description="WGAN-GP on CIFAR-10: Wasserstein critic with gradient penalty 10, layer norm, n_critic 5",
+        data=DataConfig(name="cifar10", hflip=True),
+        model=ModelConfig(arch="dcgan", g_channels=64, d_channels=64, d_norm="layer"),
+        loss=LossConfig(name="wgan-gp", gp_weight=10.0, n_critic=5),
+        optim=OptimConfig(name="adam", lr_g=1e-4, lr_d=1e-4, beta1=0.0, beta2=0.9),
+        train=TrainConfig(epochs=100, batch_size=64),
     )
