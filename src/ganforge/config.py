@@ -78,6 +78,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False           # torch.compile the generator and discriminator
     threads: int = 0                # CPU threads; 0 uses every core
+    sync_bn: bool = False           # under torchrun on CUDA: SyncBatchNorm instead of per-rank statistics
     max_rollbacks: int = 3          # non-finite loss or weight: roll back at most this many times
     rollback_lr_factor: float = 0.5 # each rollback multiplies both learning rates by this
 

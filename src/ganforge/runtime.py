@@ -6,8 +6,12 @@ CUDA, gloo on CPU) and average gradients across ranks after each backward pass.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,3 +144,45 @@ def average_buffers(module: torch.nn.Module, world_size: int) -> None:
 def broadcast_module(module: torch.nn.Module) -> None:
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=0)
+
+
+def check_in_sync(modules: list[torch.nn.Module], info: Dist) -> None:
+    """Refuse to checkpoint if the ranks' weights have drifted apart (they must be bit-identical)."""
+    if not info.enabled:
+        return
+    h = hashlib.sha256()
+    for m in modules:
+        for t in m.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    digests: list = [None] * info.world_size
+    dist.all_gather_object(digests, h.hexdigest())
+    if len(set(digests)) != 1:
+        from ganforge.errors import GanforgeError
+
+        raise GanforgeError(f"the {info.world_size} ranks hold different weights; refusing to checkpoint")
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM ask the loop to finish its step and checkpoint; a second SIGINT quits at once."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.reason:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.reason = f"received {signal.Signals(signum).name}"
+        print(f"\n{self.reason}: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+
+    def install(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def uninstall(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}

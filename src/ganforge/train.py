@@ -74,8 +74,16 @@ class Trainer:
         self.G, self.D = build_models(cfg.model, channels=data.channels, size=data.size,
                                       num_classes=data.num_classes)
         self.num_classes = data.num_classes if cfg.model.conditional else 0
+        if t.sync_bn and dist.enabled:
+            if self.device.type != "cuda":
+                raise ConfigError("train.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+            self.D = nn.SyncBatchNorm.convert_sync_batchnorm(self.D)
         self.G.to(self.device)
         self.D.to(self.device)
+        if dist.enabled:  # identical starting weights on every rank, whatever the platform's RNG did
+            runtime.broadcast_module(self.G)
+            runtime.broadcast_module(self.D)
         if t.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -102,7 +110,6 @@ class Trainer:
             runtime.seed_everything(t.seed + 1 + dist.rank)
         self.log = RunLog(run_dir, resume_step=self.progress.step if resume else None) if dist.is_main else None
         self.health = HealthGuard(loss_has_probabilities=cfg.loss.name in ("bce", "minimax"))
-        self._stop_reason: Optional[str] = None
         self._sums: dict[str, torch.Tensor] = {}
         self._window = (time.perf_counter(), self.progress.images)
 
@@ -198,7 +205,7 @@ class Trainer:
             self._write_static()
         if not self.resumed:
             self.save()  # a rollback target from the very start
-        previous = self._install_signal_handlers()
+        self._signals = runtime.GracefulStop().install()
         self._start_wall = time.perf_counter() - p.wall
         stopped = None
         try:
@@ -216,14 +223,14 @@ class Trainer:
                 self._flush_log()
             self._end_of_epoch(force=True, partial=True)
         finally:
-            self._restore_signal_handlers(previous)
+            self._signals.uninstall()
             if self.log is not None:
                 self.log.close()
         if self.dist.is_main:
             done = f"stopped: {stopped}" if stopped else "finished"
             print(f"{done} at step {p.step} ({p.images / 1000:.1f} kimg, {p.wall:.0f} s); run folder: {self.run_dir}",
                   flush=True)
-            if stopped and self._stop_reason:
+            if stopped and self._signals.reason:
                 print(f"resume with: ganforge train --resume {self.run_dir}", flush=True)
         return self.run_dir
 
@@ -248,8 +255,8 @@ class Trainer:
                     self.save()
                 if t.max_steps and p.step >= t.max_steps:
                     raise Stop(f"reached train.max_steps={t.max_steps}")
-                if self._stop_reason:
-                    raise Stop(self._stop_reason)
+                if self._signals.reason:
+                    raise Stop(self._signals.reason)
         finally:
             bar.close()
 
@@ -339,6 +346,7 @@ class Trainer:
             gathered: list = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, states[0])
             states = gathered
+        runtime.check_in_sync([self.G, self.D], self.dist)
         if not self.dist.is_main:
             return None
         tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
@@ -347,7 +355,7 @@ class Trainer:
             tensors.update({f"G_ema.{k}": v for k, v in self.G_ema.state_dict().items()})
         state = {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                  "progress": vars(self.progress).copy(), "rng": states, "config": to_dict(self.cfg),
-                 "data_shape": self.data_info, "version": __version__}
+                 "data_shape": self.data_info, "version": __version__, "world_size": self.dist.world_size}
         return save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
                                keep=self.cfg.train.keep_checkpoints)
 
@@ -356,25 +364,3 @@ class Trainer:
         if self.log is not None and not (self.run_dir / "samples" / "real.png").exists():
             real = self.real_preview.float().div(127.5).sub(1)
             self.log.save_grid(real, "real.png", step=0, tag="real")
-
-    # ------------------------------------------------------------------ signals
-
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            if self._stop_reason:  # second signal: leave at once
-                signal.signal(signum, signal.SIG_DFL)
-                raise KeyboardInterrupt
-            self._stop_reason = f"received {signal.Signals(signum).name}"
-            print(f"\n{self._stop_reason}: finishing this step and writing a checkpoint "
-                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous) -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
