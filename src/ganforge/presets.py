@@ -90,6 +90,19 @@ def mnist_dcgan() -> Config:
     )
 
 
+@register_preset("mnist-dcgan64", source="Radford et al. 2016 / pytorch/examples dcgan: the classic 64x64 DCGAN "
+                                         "workload, the yardstick of GAN training speed (keep it exactly so)")
+def mnist_dcgan64() -> Config:
+    return Config(
+        description="DCGAN at 64x64 on MNIST: G 100-512-256-128-64-1, D its mirror, batch 64, Adam 2e-4/0.5",
+        data=DataConfig(name="mnist", size=64),
+        model=ModelConfig(arch="dcgan", z_dim=100, g_channels=64, d_channels=64),
+        loss=LossConfig(name="bce"),
+        optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999),
+        train=TrainConfig(epochs=5, batch_size=64),
+    )
+
+
 @register_preset("mnist-cgan", source="seed 001: conditional GAN on MNIST, BCE; DCGAN G with the label "
                                       "embedding joined to z, projection D (Miyato & Koyama 2018)")
 def mnist_cgan() -> Config:
