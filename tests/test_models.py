@@ -30,14 +30,19 @@ def test_shapes_and_ranges(arch, channels, size, num_classes):
     assert torch.isfinite(logits).all()
 
 
-def test_conditional_generator_depends_on_label():
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_conditional_models_depend_on_label(arch):
     torch.manual_seed(0)
-    cfg = ModelConfig(z_dim=16, g_channels=8, d_channels=8, conditional=True)
+    cfg = ModelConfig(arch=arch, z_dim=16, g_channels=8, d_channels=8, conditional=True)
     g, d = build_models(cfg, channels=1, size=28, num_classes=10)
     g.eval()
+    d.eval()
     z = torch.randn(1, 16).repeat(2, 1)
     a, b = g(z, torch.tensor([1, 7]))
     assert not torch.allclose(a, b)
+    x = a[None].repeat(2, 1, 1, 1)
+    logit_1, logit_7 = d(x, torch.tensor([1, 7]))
+    assert not torch.equal(logit_1, logit_7)
 
 
 def test_impossible_size_is_refused_with_choices():
@@ -54,3 +59,35 @@ def test_dcgan_init_matches_paper():
     g, _ = build_models(ModelConfig(g_channels=64), channels=1, size=64, num_classes=0)
     w = g.net[0].weight
     assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 1e-3
+
+
+def test_fully_connected_layers_match_seed_003():
+    """Default widths give 003's G 100-256-512-1024-784 and D 784-1024-512-256-1."""
+    g, d = build_models(ModelConfig(arch="mlp"), channels=1, size=28, num_classes=0)
+    linear = lambda m: [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert linear(g) == [(100, 256), (256, 512), (512, 1024), (1024, 784)]
+    assert linear(d) == [(784, 1024), (1024, 512), (512, 256), (256, 1)]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in g.modules())
+    g_bn, d_bn = build_models(ModelConfig(arch="mlp-bn", dropout=0.3), channels=1, size=28, num_classes=0)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in g_bn.modules()) == 3
+    assert sum(isinstance(m, torch.nn.LeakyReLU) for m in g_bn.modules()) == 3
+    assert sum(isinstance(m, torch.nn.Dropout) for m in d_bn.modules()) == 3
+
+
+@pytest.mark.parametrize("norm", ["layer", "none"])
+def test_dcgan_critic_without_batch_norm(norm):
+    """A WGAN-GP critic: each sample's logit must not depend on the rest of the batch."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="dcgan", d_channels=8, d_norm=norm)
+    _, d = build_models(cfg, channels=3, size=32, num_classes=0)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(d(x)[:1], d(x[:1]), atol=1e-6)
+
+
+def test_upsample_bilinear_mode():
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="upsample", z_dim=16, g_channels=8, d_channels=8, upsample="bilinear")
+    g, _ = build_models(cfg, channels=3, size=64, num_classes=0)
+    assert {m.mode for m in g.modules() if isinstance(m, torch.nn.Upsample)} == {"bilinear"}
+    assert g(torch.randn(2, 16)).shape == (2, 3, 64, 64)
