@@ -1,0 +1,88 @@
+"""The baseline: the training loop most GAN tutorials (and the founding documents) write.
+
+A torchvision-style dataset returns one PIL image at a time through per-sample `transforms`
+(Resize, ToTensor, Normalize), a `DataLoader` shuffles and collates, the discriminator ends in a
+Sigmoid followed by `BCELoss`, Adam runs its default per-parameter loop, and losses are read back
+with `.item()` every step. The networks are the very same modules ganforge trains, so the two
+loops do identical arithmetic per image and only the loop around them differs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import VisionDataset
+
+
+class ArrayImageDataset(VisionDataset):
+    """What `torchvision.datasets.MNIST.__getitem__` does: uint8 array -> PIL image -> transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, transform):
+        super().__init__(root="", transform=transform)
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        pil = Image.fromarray(img[0], mode="L") if img.shape[0] == 1 else Image.fromarray(img.transpose(1, 2, 0))
+        return self.transform(pil), int(self.labels[i])
+
+
+def textbook_loader(images: torch.Tensor, *, size: int, batch_size: int, workers: int) -> DataLoader:
+    channels = images.shape[1]
+    tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor(),
+                             transforms.Normalize([0.5] * channels, [0.5] * channels)])
+    labels = np.zeros(len(images), dtype=np.int64)
+    ds = ArrayImageDataset(images.numpy(), labels, transform=tf)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                      persistent_workers=workers > 0)
+
+
+def textbook_images_per_s(G: nn.Module, D: nn.Module, loader: DataLoader, *, z_dim: int, warmup: int,
+                          windows: int, window_steps: int) -> list[float]:
+    """Images/s of each timed window of the textbook loop (after `warmup` steps)."""
+    criterion = nn.BCELoss()
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    rates, it = [], iter(loader)
+
+    def batches():
+        nonlocal it
+        while True:
+            try:
+                yield next(it)
+            except StopIteration:
+                it = iter(loader)
+
+    stream = batches()
+    for w in range(-1, windows):
+        steps = warmup if w < 0 else window_steps
+        start, seen = time.perf_counter(), 0
+        for _ in range(steps):
+            real, _ = next(stream)
+            b = real.size(0)
+            ones, zeros = torch.full((b,), 1.0), torch.full((b,), 0.0)
+            D.zero_grad()
+            err_real = criterion(torch.sigmoid(D(real)), ones)
+            err_real.backward()
+            fake = G(torch.randn(b, z_dim))
+            err_fake = criterion(torch.sigmoid(D(fake.detach())), zeros)
+            err_fake.backward()
+            opt_d.step()
+            G.zero_grad()
+            err_g = criterion(torch.sigmoid(D(fake)), ones)
+            err_g.backward()
+            opt_g.step()
+            _ = (err_real + err_fake).item(), err_g.item()  # the per-step print of every tutorial
+            seen += b
+        if w >= 0:
+            rates.append(seen / (time.perf_counter() - start))
+    return rates
