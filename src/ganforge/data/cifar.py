@@ -57,8 +57,11 @@ def read_batch(path: Path) -> dict:
         with open(existing(path), "rb") as f:
             # latin1: how numpy arrays pickled by Python 2 must be read
             d = _ArrayUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    except DataError:
+        raise
+    except Exception as e:  # untrusted bytes can fail the unpickler in any way; all mean "not a batch"
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {reason})") from None
     if not isinstance(d, dict):
         raise DataError(f"{path}: not a CIFAR-10 python batch (a {type(d).__name__}, not a dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
