@@ -74,7 +74,7 @@ class TrainConfig:
     checkpoint_steps: int = 0       # also checkpoint every N steps inside an epoch; 0 turns it off
     keep_checkpoints: int = 3
     num_samples: int = 64           # fixed latent vectors drawn for every snapshot (8x8 grid)
-    amp: str = "auto"               # auto (bf16 on CUDA) | bf16 | off
+    amp: str = "auto"               # auto (bf16 on CUDA and on CPUs with native bf16) | bf16 | off
     channels_last: bool = True
     compile: bool = False           # torch.compile the generator and discriminator
     threads: int = 0                # CPU threads; 0 uses every core

@@ -53,6 +53,21 @@ def pick_device(name: str, *, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds this device up: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX).
+
+    Without native support oneDNN emulates bf16 and it is slower than fp32, so `amp=auto` stays fp32.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
 def init_distributed(device_name: str) -> Dist:
     """Join the torchrun process group when launched by torchrun; a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

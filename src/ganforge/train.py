@@ -96,7 +96,7 @@ class Trainer:
                                      rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip)
         self.real_preview = data.images[: t.num_samples]
         self.fixed_z, self.fixed_labels = self._fixed_latents()
-        self.autocast = t.amp == "bf16" or (t.amp == "auto" and self.device.type == "cuda")
+        self.autocast = t.amp == "bf16" or (t.amp == "auto" and runtime.fast_bf16(self.device))
         self.g_step_fn, self.d_step_fn = self.G, self.D
         if t.compile:
             self.g_step_fn, self.d_step_fn = torch.compile(self.G), torch.compile(self.D)
