@@ -60,6 +60,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="keep 0: smoothing caps the softmax and so the classifier Inception Score")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -84,7 +86,7 @@ def main() -> None:
         for i in range(0, len(order), args.batch_size):
             idx = order[i: i + args.batch_size]
             x = random_shift(train_x[idx].float() / 255.0, 2, gen)
-            loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=0.05)
+            loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,7 +103,8 @@ def main() -> None:
 
     meta = {
         "dataset": args.dataset, "num_classes": "10", "test_accuracy": f"{acc:.4f}",
-        "epochs": str(args.epochs), "seed": str(args.seed), "arch": "DigitClassifier(width=16, feature_dim=128)",
+        "epochs": str(args.epochs), "seed": str(args.seed), "label_smoothing": str(args.label_smoothing),
+        "arch": "DigitClassifier(width=16, feature_dim=128)",
     }
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out), metadata=meta)
     print(f"test accuracy {acc:.4%}; wrote {out} ({out.stat().st_size / 1024:.0f} KB) in {time.time() - t0:.0f} s")

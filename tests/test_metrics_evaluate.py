@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from ganforge.metrics import evaluate as ev
+from ganforge.metrics import evaluation as ev
 from ganforge.metrics.definitions import Unavailable
 
 

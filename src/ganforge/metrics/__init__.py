@@ -10,8 +10,10 @@ Names are imported on first use, so `ganforge --help` does not load scipy.
 
 from __future__ import annotations
 
-_EXPORTS = {"METRICS": "definitions", "MetricSpec": "definitions", "evaluate": "evaluate",
-            "make_generate": "evaluate", "flat_values": "evaluate"}
+# `evaluate` is a function; its module is `evaluation` (a submodule named like the function
+# would replace the package attribute with the module the first time it is imported).
+_EXPORTS = {"METRICS": "definitions", "MetricSpec": "definitions", "evaluate": "evaluation",
+            "make_generate": "evaluation", "flat_values": "evaluation"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ganforge.data import DATASETS, load_dataset
     from ganforge.metrics.classifier import CLASSIFIER_FOR
-    from ganforge.metrics.evaluate import evaluate, make_generate
+    from ganforge.metrics.evaluation import evaluate, make_generate
     from ganforge.runtime import pick_device
 
     if args.n < 2 or args.batch_size < 1 or (args.n_real is not None and args.n_real < 2):
