@@ -76,7 +76,7 @@ class RunLog:
         self.tb.add_image(tag, grid, step)
         return path
 
-    def plot_losses(self) -> Path:
+    def plot_losses(self, *, probabilities: bool = True) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -93,8 +93,11 @@ class RunLog:
         ax_p.plot(kimg, [r["d_real"] for r in rows], label="D(x)")
         ax_p.plot(kimg, [r["d_fake"] for r in rows], label="D(G(z))")
         ax_p.set_xlabel("thousands of real images seen")
-        ax_p.set_title("discriminator outputs (sigmoid of logits)")
-        ax_p.set_ylim(0, 1)
+        if probabilities:
+            ax_p.set_title("discriminator outputs (sigmoid of logits)")
+            ax_p.set_ylim(0, 1)
+        else:
+            ax_p.set_title("critic outputs (mean)")
         ax_p.legend()
         fig.tight_layout()
         path = self.dir / "loss_curves.png"

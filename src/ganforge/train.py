@@ -25,7 +25,7 @@ from ganforge import __version__
 from ganforge.artifacts import RunLog
 from ganforge.checkpoint import load_latest, save_checkpoint, split_prefix
 from ganforge.config import Config, save_yaml, to_dict
-from ganforge.data import load_dataset
+from ganforge.data import DATASETS, load_dataset
 from ganforge.data.batches import DeviceBatches
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.health import HealthGuard
@@ -66,13 +66,26 @@ class Trainer:
         self.loss = LOSSES.get(cfg.loss.name)
         OPTIMIZERS.get(cfg.optim.name)  # refuse an unknown optimizer before the data loads
 
+        # Build the models from the dataset's declared shape first, so an impossible combination is
+        # refused before a long decode; then check the decoded data agrees.
+        spec = DATASETS.get(cfg.data.name)
+        shape = (spec.channels, cfg.data.size or spec.native_size)
+        runtime.seed_everything(t.seed)  # same initial weights on every rank
+        # A folder's classes are known only after listing it: assume some for this first check.
+        guess_classes = spec.num_classes or (2 if cfg.model.conditional and spec.name == "folder" else 0)
+        self.G, self.D = build_models(cfg.model, channels=shape[0], size=shape[1], num_classes=guess_classes)
+        if self.loss.gradient_penalty and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules()):
+            raise ConfigError(f"loss.name={cfg.loss.name} penalises each sample's gradient, which batch norm in the "
+                              f"discriminator mixes across the batch; use model.d_norm=layer or none "
+                              f"(architecture {cfg.model.arch!r})")
         data = load_dataset(name=cfg.data.name, root=cfg.data.root, split=cfg.data.split, size=cfg.data.size,
                             limit=cfg.data.limit)
+        if (data.channels, data.size) != shape or data.num_classes != guess_classes:
+            runtime.seed_everything(t.seed)
+            self.G, self.D = build_models(cfg.model, channels=data.channels, size=data.size,
+                                          num_classes=data.num_classes)
         self.data_info = {"channels": data.channels, "size": data.size, "num_classes": data.num_classes,
                           "class_names": list(data.class_names), "source": data.source, "count": len(data)}
-        runtime.seed_everything(t.seed)  # same initial weights on every rank
-        self.G, self.D = build_models(cfg.model, channels=data.channels, size=data.size,
-                                      num_classes=data.num_classes)
         self.num_classes = data.num_classes if cfg.model.conditional else 0
         if t.sync_bn and dist.enabled:
             if self.device.type != "cuda":
@@ -170,7 +183,9 @@ class Trainer:
         loss_d.backward()
         runtime.average_gradients(self.D, self.dist.world_size)
         self.opt_d.step()
-        self._accumulate(loss_d=loss_d, d_real=torch.sigmoid(d_real).mean(), d_fake=torch.sigmoid(d_fake).mean())
+        # D(x), D(G(z)): probabilities for the sigmoid losses, raw critic values for the others.
+        squash = torch.sigmoid if self.health.probabilities else (lambda v: v)
+        self._accumulate(loss_d=loss_d, d_real=squash(d_real).mean(), d_fake=squash(d_fake).mean())
 
         if update_g:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -332,7 +347,7 @@ class Trainer:
             self.log.save_grid(images, f"epoch_{epoch_done:04d}.png", step=p.step, nrow=nrow)
             if self.num_classes:
                 self.log.save_grid(images, "classes.png", step=p.step, nrow=nrow, tag="classes")
-            self.log.plot_losses()
+            self.log.plot_losses(probabilities=self.health.probabilities)
         if force or p.epoch % t.checkpoint_every == 0:
             self.save()
 
