@@ -127,7 +127,7 @@ def _real_side(net: _Network, needs: set[str], *, real_images, n_real: Optional[
     for i in range(0, n_real, batch_size):
         feats, _ = net.fn(images[i: i + batch_size])
         collector.add(feats, None, None)
-        if log and (i // batch_size) % 20 == 0:
+        if log and (i // batch_size) % 10 == 0:
             log(f"  {net.key} real features {i + len(feats)}/{n_real}")
     net.seconds_real, net.images_real = time.perf_counter() - t0, n_real
     side = collector.side()
@@ -190,7 +190,7 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
             net.seconds_fake += time.perf_counter() - t0
             net.images_fake += b
         done += b
-        if log and (done // b) % 20 == 0:
+        if log and (done // b) % 10 == 0:
             log(f"  generated {done}/{n}")
     fake = {k: c.side() for k, c in fake_collectors.items()}
 
