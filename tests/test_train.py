@@ -83,3 +83,21 @@ def test_saved_generator_reproduces_outputs(tmp_path, tiny_args):
     z = torch.randn(4, cfg.model.z_dim)
     assert torch.equal(g(z), g2(z))
     assert g(z).shape == (4, 1, 28, 28)
+
+
+def test_eval_every_logs_metrics_and_keeps_best(tmp_path, tiny_args):
+    assert run_cli(["train", "--out", str(tmp_path), "--name", "r", "--epochs", "2", *tiny_args,
+                    "--set", "eval_every=1", "--set", "eval_n=64"]) == 0
+    run = tmp_path / "r"
+    evals = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if "eval/" in s]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    assert all(r["eval/cls-fid"] > 0 and 1.0 <= r["eval/cls-is"] <= 10.0 for r in evals)
+    _, state = load_checkpoint(run / "checkpoints" / "best")
+    best_step = min(evals, key=lambda r: r["eval/cls-fid"])["step"]
+    assert state["progress"]["step"] == best_step
+    assert "best" not in [p.name for p in list_checkpoints(run)]  # resume never picks it
+
+
+def test_unknown_eval_metric_is_refused(tmp_path, tiny_args):
+    assert run_cli(["train", "--out", str(tmp_path), *tiny_args, "--set", "eval_every=1",
+                    "--set", "eval_metrics=fid,sharpness"]) == 2

@@ -78,6 +78,9 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False           # torch.compile the generator and discriminator
     threads: int = 0                # CPU threads; 0 uses every core
+    eval_every: int = 0             # epochs between evaluations logged to metrics.jsonl; 0 turns it off
+    eval_metrics: str = "auto"      # comma-separated metric keys; auto: classifier metrics on MNIST-like data, else fid
+    eval_n: int = 1000              # generated images per evaluation (small: a trend, not a paper number)
     sync_bn: bool = False           # under torchrun on CUDA: SyncBatchNorm instead of per-rank statistics
     max_rollbacks: int = 3          # non-finite loss or weight: roll back at most this many times
     rollback_lr_factor: float = 0.5 # each rollback multiplies both learning rates by this
@@ -210,6 +213,7 @@ def validate(cfg: Config) -> None:
         (t.log_every >= 1, "train.log_every must be at least 1"),
         (t.sample_every >= 1 and t.checkpoint_every >= 1, "train.sample_every and checkpoint_every must be ≥ 1"),
         (t.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
+        (t.eval_every >= 0 and t.eval_n >= 2, "train.eval_every must be ≥ 0 and train.eval_n ≥ 2"),
         (t.checkpoint_steps >= 0 and t.max_rollbacks >= 0, "train.checkpoint_steps and max_rollbacks must be ≥ 0"),
         (0.0 < t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor must be in (0, 1]"),
         (t.num_samples >= 1, "train.num_samples must be at least 1"),

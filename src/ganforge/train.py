@@ -108,6 +108,11 @@ class Trainer:
                                      batch_size=t.batch_size, seed=t.seed, device=self.device,
                                      rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip)
         self.real_preview = data.images[: t.num_samples]
+        self.evaluator = None
+        if t.eval_every and dist.is_main:
+            from ganforge.periodic_eval import PeriodicEval
+
+            self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes)
         self.fixed_z, self.fixed_labels = self._fixed_latents()
         self.autocast = t.amp == "bf16" or (t.amp == "auto" and runtime.fast_bf16(self.device))
         self.g_step_fn, self.d_step_fn = self.G, self.D
@@ -350,18 +355,24 @@ class Trainer:
             self.log.plot_losses(probabilities=self.health.probabilities)
         if force or p.epoch % t.checkpoint_every == 0:
             self.save()
+        if self.log is not None and not partial:
+            from ganforge.periodic_eval import maybe_evaluate
 
-    def save(self) -> Optional[Path]:
+            maybe_evaluate(self.evaluator, self.G_ema if self.G_ema is not None else self.G, epoch_done=epoch_done, step=p.step,
+                           log=self.log.log, save_best=lambda: self.save(name="best"))
+
+    def save(self, *, name: Optional[str] = None) -> Optional[Path]:
         # Never write a checkpoint holding NaNs: it would become the rollback target.
         if not self.health.finite_weights([self.G, self.D]):
             self._rollback(f"non-finite weights at step {self.progress.step}")
         # Every rank's RNG goes into the checkpoint so a resumed DDP run draws the same noise.
         states = [runtime.rng_state()]
-        if self.dist.enabled:
+        if self.dist.enabled and name is None:  # a named copy (best) is written by rank 0 alone
             gathered: list = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, states[0])
             states = gathered
-        runtime.check_in_sync([self.G, self.D], self.dist)
+        if name is None:
+            runtime.check_in_sync([self.G, self.D], self.dist)
         if not self.dist.is_main:
             return None
         tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
@@ -372,7 +383,7 @@ class Trainer:
                  "progress": vars(self.progress).copy(), "rng": states, "config": to_dict(self.cfg),
                  "data_shape": self.data_info, "version": __version__, "world_size": self.dist.world_size}
         return save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
-                               keep=self.cfg.train.keep_checkpoints)
+                               keep=self.cfg.train.keep_checkpoints, name=name)
 
     def _write_static(self) -> None:
         save_yaml(self.cfg, self.run_dir / "config.yaml")

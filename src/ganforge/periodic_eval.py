@@ -1,0 +1,89 @@
+"""Evaluation during training: every `train.eval_every` epochs, a small-N evaluation of the current
+(EMA) generator is logged to metrics.jsonl and TensorBoard, and the checkpoint with the lowest
+FID so far is kept as `checkpoints/best/` (never pruned, never used by --resume).
+
+Small N makes FID biased upward (Heusel et al. 2017; Bińkowski et al. 2018), so these values
+show a trend within one run; `ganforge eval` with N ≥ 10,000 gives the numbers to publish.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+from ganforge.config import Config
+from ganforge.data import ImageData
+
+FID_KEYS = ("fid", "cls-fid")  # the first present decides which checkpoint is "best"
+
+
+def resolve_metrics(cfg: Config, *, conditional: bool) -> list[str]:
+    from ganforge.metrics.classifier import CLASSIFIER_FOR
+
+    if cfg.train.eval_metrics != "auto":
+        return [m.strip() for m in cfg.train.eval_metrics.split(",") if m.strip()]
+    if cfg.data.name in CLASSIFIER_FOR and (cfg.data.size in (0, 28)):
+        return ["cls-fid", "cls-is"] + (["cls-acc"] if conditional else [])
+    return ["fid"]
+
+
+class PeriodicEval:
+    def __init__(self, cfg: Config, data: ImageData, *, device: torch.device, num_classes: int):
+        from ganforge.metrics import METRICS
+
+        self.cfg, self.device, self.num_classes = cfg, device, num_classes
+        self.metrics = resolve_metrics(cfg, conditional=num_classes > 0)
+        for m in self.metrics:
+            METRICS.get(m)  # an unknown key stops the run before training, with the valid choices
+        self.real = data.images
+        self.dataset_key = f"{cfg.data.name}@{data.size}px-{cfg.data.split}-limit{cfg.data.limit}"
+        self.best: float = math.inf
+        self.reported: set[str] = set()
+
+    def due(self, epoch_done: int) -> bool:
+        every = self.cfg.train.eval_every
+        return every > 0 and epoch_done % every == 0
+
+    def __call__(self, generator: torch.nn.Module, *, step: int) -> dict[str, float]:
+        from ganforge.metrics.evaluation import evaluate, flat_values, make_generate
+
+        was_training = generator.training
+        generator.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the small-N warning would repeat every epoch
+            record = evaluate(generate=make_generate(generator, z_dim=self.cfg.model.z_dim,
+                                                     num_classes=self.num_classes, device=self.device),
+                              real_images=self.real, dataset_key=self.dataset_key, metrics=self.metrics,
+                              n=self.cfg.train.eval_n, batch_size=100, device=self.device, seed=self.cfg.train.seed,
+                              split=self.cfg.data.split, n_real=min(len(self.real), 10_000),
+                              classifier=self.cfg.data.name)
+        generator.train(was_training)
+        for name, rec in record["metrics"].items():
+            if rec.get("unavailable") and name not in self.reported:
+                self.reported.add(name)
+                warnings.warn(f"train.eval_metrics: {name} is unavailable: {rec['unavailable']}", stacklevel=2)
+        return {f"eval/{k}": v for k, v in flat_values(record).items()}
+
+    def improved(self, values: dict[str, float]) -> Optional[str]:
+        """The FID key if this evaluation is the best so far, else None."""
+        for key in FID_KEYS:
+            value = values.get(f"eval/{key}")
+            if value is not None:
+                if value < self.best:
+                    self.best = value
+                    return key
+                return None
+        return None
+
+
+def maybe_evaluate(evaluator: Optional[PeriodicEval], generator: torch.nn.Module, *, epoch_done: int, step: int,
+                   log: Callable[[dict], None], save_best: Callable[[], object]) -> None:
+    if evaluator is None or not evaluator.due(epoch_done):
+        return
+    values = evaluator(generator, step=step)
+    log({"step": step, "epoch": epoch_done, **values})
+    if evaluator.improved(values):
+        save_best()
