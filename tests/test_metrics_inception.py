@@ -51,6 +51,17 @@ def test_packaged_network_loads_and_gives_2048_features():
     assert torch.isfinite(feats).all() and (feats >= 0).all()   # pool of ReLUs
 
 
+def test_folded_eager_network_matches_the_torchscript_graph():
+    """The speed path (eager, batch norm folded, channels_last) computes the file's own features."""
+    path = _packaged()
+    script = torch.jit.load(str(path)).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = script(inc.to_inception_input(images)).double()
+    feats, _ = inc.InceptionFeatures()(images)
+    assert ((feats - ref).norm() / ref.norm()).item() < 1e-5
+
+
 def test_sha256_is_cached_by_size_and_mtime(tmp_path):
     f = tmp_path / "x.bin"
     f.write_bytes(b"abc")

