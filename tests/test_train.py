@@ -98,6 +98,22 @@ def test_eval_every_logs_metrics_and_keeps_best(tmp_path, tiny_args):
     assert "best" not in [p.name for p in list_checkpoints(run)]  # resume never picks it
 
 
+def test_eval_every_kimg_and_best_survives_resume(tmp_path, tiny_args):
+    # 256 images an epoch; every 0.128 kimg is twice an epoch, at steps 4 and 8 of each.
+    flags = ["--out", str(tmp_path), "--name", "r", *tiny_args, "--set", "eval_every_kimg=0.128", "--set", "eval_n=64"]
+    assert run_cli(["train", "--epochs", "1", *flags]) == 0
+    run = tmp_path / "r"
+    assert run_cli(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    evals = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if "eval/" in s]
+    assert [r["step"] for r in evals] == [4, 8, 12, 16]
+    assert [r["epoch"] for r in evals] == [0.5, 1.0, 1.5, 2.0]
+    # The resumed half compared against the first half's best, so best is the lowest of all four.
+    _, state = load_checkpoint(run / "checkpoints" / "best")
+    best = min(evals, key=lambda r: r["eval/cls-fid"])
+    assert state["progress"]["step"] == best["step"]
+    assert state["progress"]["best_fid"] == pytest.approx(best["eval/cls-fid"])
+
+
 def test_unknown_eval_metric_is_refused(tmp_path, tiny_args):
     assert run_cli(["train", "--out", str(tmp_path), *tiny_args, "--set", "eval_every=1",
                     "--set", "eval_metrics=fid,sharpness"]) == 2

@@ -79,6 +79,7 @@ class TrainConfig:
     compile: bool = False           # torch.compile the generator and discriminator
     threads: int = 0                # CPU threads; 0 uses every core
     eval_every: int = 0             # epochs between evaluations logged to metrics.jsonl; 0 turns it off
+    eval_every_kimg: float = 0.0    # also evaluate every this many thousand real images; 0 turns it off
     eval_metrics: str = "auto"      # comma-separated metric keys; auto: classifier metrics on MNIST-like data, else fid
     eval_n: int = 1000              # generated images per evaluation (small: a trend, not a paper number)
     sync_bn: bool = False           # under torchrun on CUDA: SyncBatchNorm instead of per-rank statistics
@@ -213,7 +214,8 @@ def validate(cfg: Config) -> None:
         (t.log_every >= 1, "train.log_every must be at least 1"),
         (t.sample_every >= 1 and t.checkpoint_every >= 1, "train.sample_every and checkpoint_every must be ≥ 1"),
         (t.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
-        (t.eval_every >= 0 and t.eval_n >= 2, "train.eval_every must be ≥ 0 and train.eval_n ≥ 2"),
+        (t.eval_every >= 0 and t.eval_every_kimg >= 0 and t.eval_n >= 2,
+         "train.eval_every and train.eval_every_kimg must be ≥ 0 and train.eval_n ≥ 2"),
         (t.checkpoint_steps >= 0 and t.max_rollbacks >= 0, "train.checkpoint_steps and max_rollbacks must be ≥ 0"),
         (0.0 < t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor must be in (0, 1]"),
         (t.num_samples >= 1, "train.num_samples must be at least 1"),

@@ -1,6 +1,8 @@
-"""Evaluation during training: every `train.eval_every` epochs, a small-N evaluation of the current
-(EMA) generator is logged to metrics.jsonl and TensorBoard, and the checkpoint with the lowest
-FID so far is kept as `checkpoints/best/` (never pruned, never used by --resume).
+"""Evaluation during training: every `train.eval_every` epochs and/or every `train.eval_every_kimg`
+thousand real images, a small-N evaluation of the current (EMA) generator is logged to
+metrics.jsonl and TensorBoard, and the checkpoint with the lowest FID so far is kept as
+`checkpoints/best/` (never pruned, never used by --resume; the best value is part of the
+training state, so a resumed run keeps comparing against it).
 
 Small N makes FID biased upward (Heusel et al. 2017; Bińkowski et al. 2018), so these values
 show a trend within one run; `ganforge eval` with N ≥ 10,000 gives the numbers to publish.
@@ -8,9 +10,8 @@ show a trend within one run; `ganforge eval` with N ≥ 10,000 gives the numbers
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -40,12 +41,16 @@ class PeriodicEval:
             METRICS.get(m)  # an unknown key stops the run before training, with the valid choices
         self.real = data.images
         self.dataset_key = f"{cfg.data.name}@{data.size}px-{cfg.data.split}-limit{cfg.data.limit}"
-        self.best: float = math.inf
         self.reported: set[str] = set()
 
-    def due(self, epoch_done: int) -> bool:
+    def due_epoch(self, epoch_done: int) -> bool:
         every = self.cfg.train.eval_every
         return every > 0 and epoch_done % every == 0
+
+    def due_images(self, before: int, after: int) -> bool:
+        """Whether a multiple of eval_every_kimg thousand images was crossed going from `before` to `after`."""
+        every = round(self.cfg.train.eval_every_kimg * 1000)
+        return every > 0 and after // every > before // every
 
     def __call__(self, generator: torch.nn.Module, *, step: int) -> dict[str, float]:
         from ganforge.metrics.evaluation import evaluate, flat_values, make_generate
@@ -67,23 +72,12 @@ class PeriodicEval:
                 warnings.warn(f"train.eval_metrics: {name} is unavailable: {rec['unavailable']}", stacklevel=2)
         return {f"eval/{k}": v for k, v in flat_values(record).items()}
 
-    def improved(self, values: dict[str, float]) -> Optional[str]:
-        """The FID key if this evaluation is the best so far, else None."""
-        for key in FID_KEYS:
-            value = values.get(f"eval/{key}")
-            if value is not None:
-                if value < self.best:
-                    self.best = value
-                    return key
-                return None
-        return None
 
 
-def maybe_evaluate(evaluator: Optional[PeriodicEval], generator: torch.nn.Module, *, epoch_done: int, step: int,
-                   log: Callable[[dict], None], save_best: Callable[[], object]) -> None:
-    if evaluator is None or not evaluator.due(epoch_done):
-        return
-    values = evaluator(generator, step=step)
-    log({"step": step, "epoch": epoch_done, **values})
-    if evaluator.improved(values):
-        save_best()
+def improved(values: dict[str, float], best: float) -> Optional[float]:
+    """This evaluation's FID if it beats `best`, else None (cls-fid when there is no Inception FID)."""
+    for key in FID_KEYS:
+        value = values.get(f"eval/{key}")
+        if value is not None:
+            return value if value < best else None
+    return None

@@ -43,6 +43,7 @@ class Progress:
     wall: float = 0.0      # training seconds so far
     rollbacks: int = 0     # health-guard rollbacks so far
     lr_scale: float = 1.0  # product of the rollback learning-rate cuts
+    best_fid: float = math.inf  # lowest FID of the periodic evaluations (checkpoints/best)
 
 
 class Rollback(Exception):
@@ -109,7 +110,7 @@ class Trainer:
                                      rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip)
         self.real_preview = data.images[: t.num_samples]
         self.evaluator = None
-        if t.eval_every and dist.is_main:
+        if (t.eval_every or t.eval_every_kimg) and dist.is_main:
             from ganforge.periodic_eval import PeriodicEval
 
             self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes)
@@ -264,9 +265,12 @@ class Trainer:
             for x, labels in self.batches.epoch(p.epoch, start=p.pos):
                 self.G.train()
                 self.train_step(x, labels)
+                seen = x.shape[0] * self.dist.world_size
                 p.step += 1
                 p.pos += 1
-                p.images += x.shape[0] * self.dist.world_size
+                p.images += seen
+                if self.evaluator is not None and self.evaluator.due_images(p.images - seen, p.images):
+                    self._evaluate(epoch=p.epoch + p.pos / self.batches.steps_per_epoch)
                 p.wall = time.perf_counter() - self._start_wall
                 bar.update()
                 if p.step % t.log_every == 0:
@@ -355,11 +359,20 @@ class Trainer:
             self.log.plot_losses(probabilities=self.health.probabilities)
         if force or p.epoch % t.checkpoint_every == 0:
             self.save()
-        if self.log is not None and not partial:
-            from ganforge.periodic_eval import maybe_evaluate
+        if self.evaluator is not None and not partial and self.evaluator.due_epoch(epoch_done):
+            self._evaluate(epoch=epoch_done)
 
-            maybe_evaluate(self.evaluator, self.G_ema if self.G_ema is not None else self.G, epoch_done=epoch_done, step=p.step,
-                           log=self.log.log, save_best=lambda: self.save(name="best"))
+    def _evaluate(self, *, epoch: float) -> None:
+        """Log a small-N evaluation; keep the checkpoint with the lowest FID as checkpoints/best."""
+        from ganforge.periodic_eval import improved
+
+        p = self.progress
+        values = self.evaluator(self.G_ema if self.G_ema is not None else self.G, step=p.step)
+        self.log.log({"step": p.step, "epoch": epoch, **values})
+        best = improved(values, p.best_fid)
+        if best is not None:
+            p.best_fid = best
+            self.save(name="best")
 
     def save(self, *, name: Optional[str] = None) -> Optional[Path]:
         # Never write a checkpoint holding NaNs: it would become the rollback target.
