@@ -95,10 +95,12 @@ def flops_per_image(tr: Trainer) -> float:
 
 
 def inception_speed(device: torch.device, *, n: int, batch_size: int) -> dict:
-    """Inception pool features/s: ganforge's extractor against a plain fp32 batch-32 loop."""
+    """Inception pool features/s: ganforge's extractor against a plain fp32 batch-32 loop over the
+    TorchScript file as `torch.jit.load` gives it (what a user without ganforge would run)."""
     from ganforge.metrics.inception import InceptionFeatures, to_inception_input
 
     net = InceptionFeatures(device=device)
+    script = torch.jit.load(str(net.source.path), map_location=device).eval()  # the file as shipped
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
 
     def timed(fn) -> float:
@@ -110,7 +112,7 @@ def inception_speed(device: torch.device, *, n: int, batch_size: int) -> dict:
 
     def plain(x):
         with torch.no_grad():
-            return torch.cat([net.net(to_inception_input(x[i:i + 32].to(device))) for i in range(0, len(x), 32)])
+            return torch.cat([script(to_inception_input(x[i:i + 32].to(device))) for i in range(0, len(x), 32)])
 
     def ours(x):
         return torch.cat([net(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
@@ -124,9 +126,9 @@ def main() -> None:
     ap.add_argument("--preset", default="mnist-dcgan64")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--windows", type=int, default=5)
-    ap.add_argument("--window-steps", type=int, default=10)
+    ap.add_argument("--window-steps", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2, help="textbook DataLoader workers (pytorch/examples uses 2)")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for ganforge's loop")
     ap.add_argument("--inception-n", type=int, default=256, help="0 skips the feature-network benchmark")
