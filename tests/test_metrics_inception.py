@@ -51,6 +51,7 @@ def test_packaged_network_loads_and_gives_2048_features():
     assert torch.isfinite(feats).all() and (feats >= 0).all()   # pool of ReLUs
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
 def test_folded_eager_network_matches_the_torchscript_graph():
     """The speed path (eager, batch norm folded, channels_last) computes the file's own features."""
     path = _packaged()

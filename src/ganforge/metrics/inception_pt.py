@@ -93,7 +93,7 @@ def from_torchscript(script: torch.jit.ScriptModule) -> PtInception:
 
     That file is the same TF graph: 94 convolution + batch norm (scale-free, eps 1e-3) + ReLU
     blocks, registered in the order torchvision defines them. Eager modules let the convolutions
-    carry the batch norm as a bias and run in channels_last, which oneDNN computes ~1.5x faster on
+    carry the batch norm as a bias and run in channels_last, which oneDNN computes 1.8x faster on
     CPU than the scripted graph (benchmarks/README.md); features agree to float32 rounding.
     """
     blocks = [m for _, m in script.net.layers.named_modules() if hasattr(m, "beta")]
