@@ -73,7 +73,6 @@ class PeriodicEval:
         return {f"eval/{k}": v for k, v in flat_values(record).items()}
 
 
-
 def improved(values: dict[str, float], best: float) -> Optional[float]:
     """This evaluation's FID if it beats `best`, else None (cls-fid when there is no Inception FID)."""
     for key in FID_KEYS:
