@@ -82,11 +82,15 @@ def init_distributed(device_name: str) -> Dist:
     return info
 
 
+def cpu_threads(requested: int = 0, *, world_size: int = 1) -> int:
+    """`requested`, or this process's share of the cores it may run on (ranks split them evenly)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return requested or max(1, cores // world_size)
+
+
 def configure(cfg: TrainConfig, *, world_size: int = 1) -> None:
     """Threads and determinism. CPU threads are split between ranks so cores are not oversubscribed."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = cfg.threads or max(1, cores // world_size)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cpu_threads(cfg.threads, world_size=world_size))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

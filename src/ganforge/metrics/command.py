@@ -25,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description="Compute FID, KID, IS, precision/recall and classifier metrics for a run.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `ganforge train`")
     p.add_argument("--checkpoint", help="a checkpoint folder (default: the run's latest)")
-    p.add_argument("--n", type=int, default=10000, help="generated images (default 10000; papers use 50000)")
+    # --n-gen is the same option for torchrun, whose own parser takes `--n` for one of its options.
+    p.add_argument("--n", "--n-gen", dest="n", type=int, default=10000,
+                   help="generated images (default 10000; papers use 50000)")
     p.add_argument("--n-real", type=int, default=None, help="real reference images (default: the whole split)")
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated keys (default {DEFAULT_METRICS}, plus {CLASSIFIER_METRICS} on "
@@ -100,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from ganforge.data import DATASETS, load_dataset
     from ganforge.metrics.classifier import CLASSIFIER_FOR
     from ganforge.metrics.evaluation import evaluate, make_generate
-    from ganforge.runtime import pick_device
+    from ganforge.runtime import cpu_threads, init_distributed, pick_device
 
     if args.n < 2 or args.batch_size < 1 or (args.n_real is not None and args.n_real < 2):
         raise ConfigError("--n and --n-real must be at least 2 and --batch-size at least 1")
-    device = pick_device(args.device)
+    dist = init_distributed(args.device)  # under torchrun the ranks split the feature extraction
+    device = pick_device(args.device, local_rank=dist.local_rank)
+    torch.set_num_threads(cpu_threads(world_size=dist.world_size))
     run_dir, checkpoint, cfg, g = _load(args, device)
     name, size = cfg.data.name, cfg.data.size
     spec = DATASETS.get(name)
@@ -120,15 +124,21 @@ def run(args: argparse.Namespace) -> int:
 
     cond = getattr(getattr(g, "cond", None), "num_classes", 0) or getattr(g, "num_classes", 0)
     dataset_key = name if not size or size == spec.native_size else f"{name}@{size}px"
-    print(f"ganforge eval: {run_dir} ({cfg.model.arch}, {name} {args.split}), n={args.n}, device={device}",
-          flush=True)
+    if dist.is_main:
+        print(f"ganforge eval: {run_dir} ({cfg.model.arch}, {name} {args.split}), n={args.n}, device={device}"
+              + (f", {dist.world_size} ranks" if dist.enabled else ""), flush=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         record = evaluate(generate=make_generate(g, z_dim=cfg.model.z_dim, num_classes=cond, device=device),
                           real_images=real_images, dataset_key=dataset_key, metrics=keys, n=args.n,
                           batch_size=args.batch_size, device=device, seed=args.seed,
                           inception_path=args.inception, split=args.split, n_real=args.n_real, classifier=name,
-                          log=lambda s: print(s, file=sys.stderr, flush=True))
+                          log=(lambda s: print(s, file=sys.stderr, flush=True)) if dist.is_main else None,
+                          shard=dist.enabled)
+    if dist.enabled:
+        torch.distributed.destroy_process_group()
+    if not dist.is_main:
+        return 0
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "ganforge" in str(w.filename) + str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)

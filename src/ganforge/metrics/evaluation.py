@@ -72,6 +72,37 @@ class _Network:
         self.images_fake = self.images_real = 0
 
 
+def _sharded(fn: Callable, *, device: torch.device) -> Callable:
+    """Under torchrun: every rank holds the same batch, runs `fn` on its contiguous share of it, and
+    the shares are gathered back in order, so each rank gets the whole batch's outputs for 1/world of
+    the work. The batch is padded with its last image so every share has the same size (all_gather
+    needs that); the padding is cut off again."""
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    on_device = dist.get_backend() == "nccl"  # NCCL gathers CUDA tensors only
+
+    def gather(t: torch.Tensor, n: int) -> torch.Tensor:
+        t = t.to(device) if on_device else t
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)[:n].cpu()
+
+    def run(images: torch.Tensor):
+        n, per = len(images), -(-len(images) // world)
+        padded = torch.cat([images, images[-1:].expand(per * world - n, *images.shape[1:])])
+        feats, logits = fn(padded[rank * per:(rank + 1) * per])
+        return gather(feats, n), (gather(logits, n) if logits is not None else None)
+
+    return run
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def _build_network(key: str, *, device, inception_path, cache_dir, classifier: Optional[str]) -> _Network:
     if key == INCEPTION:
         from ganforge.metrics.inception import InceptionFeatures
@@ -131,6 +162,8 @@ def _real_side(net: _Network, needs: set[str], *, real_images, n_real: Optional[
             log(f"  {net.key} real features {i + len(feats)}/{n_real}")
     net.seconds_real, net.images_real = time.perf_counter() - t0, n_real
     side = collector.side()
+    if not _is_main():  # every rank holds the same statistics; one writes them
+        return side, {"cache": str(path), "cached": False}
     blob = {"key": key, "mu": torch.from_numpy(side.mu), "sigma": torch.from_numpy(side.sigma)}
     if side.features is not None:
         blob["features"] = side.features
@@ -145,13 +178,16 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
              metrics: Sequence[str], n: int, batch_size: int = 50, device: str | torch.device = "cpu", seed: int = 0,
              inception_path: Optional[Union[str, Path]] = None, cache_dir: Optional[Path] = None,
              split: str = "train", n_real: Optional[int] = None, classifier: Optional[str] = None,
-             log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+             log: Optional[Callable[[str], None]] = None, shard: bool = False) -> dict[str, Any]:
     """Compute `metrics` (keys of METRICS) for `n` generated images against the real `split`.
 
     generate(batch_size, generator) -> (uint8 [B, C, H, W], requested labels [B] or None).
     real_images: uint8 [N, C, H, W], or a function returning it (only called on a cache miss
     when n_real is given). n_real: how many real images (a fixed random subset; default all).
     classifier: which shipped classifier the cls-* metrics use (default: dataset_key).
+    shard: under torchrun, every rank calls `evaluate` alike and the feature networks' work is split
+    between them (generation is repeated on each rank: it is cheap next to Inception). All ranks
+    return the same record.
     Returns {"metrics": {name: record}, "networks": {...}, ...}; a metric that cannot be
     computed has value None and an "unavailable" reason.
     """
@@ -167,6 +203,11 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
                                            classifier=classifier or dataset_key)
         except Unavailable as e:
             unavailable[key] = str(e)
+    ranks = 1
+    if shard and torch.distributed.is_available() and torch.distributed.is_initialized():
+        ranks = torch.distributed.get_world_size()
+        for net in networks.values():
+            net.fn = _sharded(net.fn, device=torch.device(device))
     for s in specs:
         if s.small_n_warning and n < SMALL_N:
             warnings.warn(f"{s.name} with n={n} < {SMALL_N} generated images is biased upward and noisy; "
@@ -227,7 +268,7 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
     return {
         "metrics": results,
         "dataset": dataset_key, "reference_split": split, "n_generated": n, "seed": seed,
-        "device": str(device), "ganforge_version": __version__,
+        "device": str(device), "ranks": ranks, "ganforge_version": __version__,
         "generate_seconds": round(t_gen, 3), "seconds": round(time.perf_counter() - t_start, 3),
         "networks": {k: {"name": v.name, "sha256": v.sha256, "resize_method": v.resize, "source": v.source,
                          "seconds_generated": round(v.seconds_fake, 3), "seconds_real": round(v.seconds_real, 3),
