@@ -17,7 +17,8 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "ganforge", "train", "--out", str(tmp_path), "--name", "ddp", "--device", "cpu",
            "--epochs", "2", "--batch-size", "16", "--set", "data.limit=256", "--set", "model.g_channels=8",
-           "--set", "model.d_channels=8", "--set", "train.log_every=2", "--set", "threads=1"]
+           "--set", "model.d_channels=8", "--set", "train.log_every=2", "--set", "threads=1",
+           "--set", "eval_every=1", "--set", "eval_n=64"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # only rank 0 wrote
@@ -29,6 +30,10 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     # The checkpoint is written only after every rank's weight digest matched (check_in_sync).
     assert result.stdout.count("finished at step 16") == 1
+    # Both ranks evaluated together (split feature extraction); rank 0 logged once an epoch.
+    evals = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if "eval/" in s]
+    assert [r["step"] for r in evals] == [8, 16] and all(r["eval/cls-fid"] > 0 for r in evals)
+    assert (run / "checkpoints" / "best" / "state.pt").is_file()
 
 
 def test_torchrun_eval_splits_the_work_and_matches_one_process(tmp_path, tiny_args):

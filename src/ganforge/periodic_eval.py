@@ -2,7 +2,8 @@
 thousand real images, a small-N evaluation of the current (EMA) generator is logged to
 metrics.jsonl and TensorBoard, and the checkpoint with the lowest FID so far is kept as
 `checkpoints/best/` (never pruned, never used by --resume; the best value is part of the
-training state, so a resumed run keeps comparing against it).
+training state, so a resumed run keeps comparing against it). Under torchrun every rank takes
+part and the feature extraction is split between them; rank 0 logs and writes.
 
 Small N makes FID biased upward (Heusel et al. 2017; Bińkowski et al. 2018), so these values
 show a trend within one run; `ganforge eval` with N ≥ 10,000 gives the numbers to publish.
@@ -32,10 +33,10 @@ def resolve_metrics(cfg: Config, *, conditional: bool) -> list[str]:
 
 
 class PeriodicEval:
-    def __init__(self, cfg: Config, data: ImageData, *, device: torch.device, num_classes: int):
+    def __init__(self, cfg: Config, data: ImageData, *, device: torch.device, num_classes: int, shard: bool = False):
         from ganforge.metrics import METRICS
 
-        self.cfg, self.device, self.num_classes = cfg, device, num_classes
+        self.cfg, self.device, self.num_classes, self.shard = cfg, device, num_classes, shard
         self.metrics = resolve_metrics(cfg, conditional=num_classes > 0)
         for m in self.metrics:
             METRICS.get(m)  # an unknown key stops the run before training, with the valid choices
@@ -64,7 +65,7 @@ class PeriodicEval:
                               real_images=self.real, dataset_key=self.dataset_key, metrics=self.metrics,
                               n=self.cfg.train.eval_n, batch_size=100, device=self.device, seed=self.cfg.train.seed,
                               split=self.cfg.data.split, n_real=min(len(self.real), 10_000),
-                              classifier=self.cfg.data.name)
+                              classifier=self.cfg.data.name, shard=self.shard)
         generator.train(was_training)
         for name, rec in record["metrics"].items():
             if rec.get("unavailable") and name not in self.reported:

@@ -110,10 +110,11 @@ class Trainer:
                                      rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip)
         self.real_preview = data.images[: t.num_samples]
         self.evaluator = None
-        if (t.eval_every or t.eval_every_kimg) and dist.is_main:
+        if t.eval_every or t.eval_every_kimg:  # on every rank: under torchrun they share the work
             from ganforge.periodic_eval import PeriodicEval
 
-            self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes)
+            self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes,
+                                          shard=dist.enabled)
         self.fixed_z, self.fixed_labels = self._fixed_latents()
         self.autocast = t.amp == "bf16" or (t.amp == "auto" and runtime.fast_bf16(self.device))
         self.g_step_fn, self.d_step_fn = self.G, self.D
@@ -367,8 +368,11 @@ class Trainer:
         from ganforge.periodic_eval import improved
 
         p = self.progress
-        values = self.evaluator(self.G_ema if self.G_ema is not None else self.G, step=p.step)
-        self.log.log({"step": p.step, "epoch": epoch, **values})
+        g = self.G_ema if self.G_ema is not None else self.G
+        runtime.average_buffers(g, self.dist.world_size)  # the same generator on every rank, in eval mode too
+        values = self.evaluator(g, step=p.step)
+        if self.log is not None:
+            self.log.log({"step": p.step, "epoch": epoch, **values})
         best = improved(values, p.best_fid)
         if best is not None:
             p.best_fid = best
