@@ -100,7 +100,7 @@ def _sharded(fn: Callable, *, device: torch.device) -> Callable:
 def _is_main() -> bool:
     import torch.distributed as dist
 
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _build_network(key: str, *, device, inception_path, cache_dir, classifier: Optional[str]) -> _Network:
