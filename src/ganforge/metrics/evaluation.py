@@ -97,10 +97,12 @@ def _sharded(fn: Callable, *, device: torch.device) -> Callable:
     return run
 
 
-def _is_main() -> bool:
-    import torch.distributed as dist
+def _in_process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+def _is_main() -> bool:
+    return not _in_process_group() or torch.distributed.get_rank() == 0
 
 
 def _build_network(key: str, *, device, inception_path, cache_dir, classifier: Optional[str]) -> _Network:
@@ -204,7 +206,7 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
         except Unavailable as e:
             unavailable[key] = str(e)
     ranks = 1
-    if shard and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if shard and _in_process_group():
         ranks = torch.distributed.get_world_size()
         for net in networks.values():
             net.fn = _sharded(net.fn, device=torch.device(device))
