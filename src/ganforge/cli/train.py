@@ -1,17 +1,13 @@
-"""The `ganforge` command: train, presets, datasets (and eval, bench from their modules).
-
-Every user-fixable problem surfaces as a `GanforgeError` and is printed as one line, exit code 2.
-"""
+"""`ganforge train`: build the resolved config (preset or resumed run, then flags, then --set) and train."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from ganforge import __version__
-from ganforge.errors import ConfigError, GanforgeError
+from ganforge.errors import ConfigError
 
 
 def _positive(text: str) -> int:
@@ -24,7 +20,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GAN from a preset", description="Train a GAN from a preset.")
     p.add_argument("--preset", default="demo", help="a name from `ganforge presets` (default: demo)")
     p.add_argument("--data-dir", help="folder with the dataset's files (sets data.root)")
@@ -106,49 +102,3 @@ def cmd_train(args: argparse.Namespace) -> int:
         tdist.barrier()
         tdist.destroy_process_group()
     return 0
-
-
-def cmd_presets(args: argparse.Namespace) -> int:
-    import ganforge.presets  # noqa: F401
-    from ganforge.config import PRESETS
-
-    width = max(len(n) for n in PRESETS.names())
-    for name, preset in PRESETS.items():
-        print(f"{name:<{width}}  {preset.build().description}  [{preset.source}]")
-    return 0
-
-
-def cmd_datasets(args: argparse.Namespace) -> int:
-    from ganforge.data import dataset_table
-
-    print(dataset_table(args.data_dir))
-    return 0
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ganforge", description="Train and evaluate GANs.")
-    parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train(sub)
-    sub.add_parser("presets", help="list the named configurations").set_defaults(func=cmd_presets)
-    p = sub.add_parser("datasets", help="list datasets, where each looks for files, and which are present")
-    p.add_argument("--data-dir", help="also look in this folder")
-    p.set_defaults(func=cmd_datasets)
-    from ganforge.metrics import command as eval_command
-
-    eval_command.add_parser(sub)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    try:
-        code = args.func(args)
-    except GanforgeError as exc:
-        print(f"ganforge: error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("ganforge: interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
