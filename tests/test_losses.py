@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ganforge.config import LossConfig
-from ganforge.losses import LOSSES, gradient_penalty
+from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
 
 
 def test_bce_with_smoothing_matches_formula():
@@ -57,3 +57,39 @@ def test_gradient_penalty_on_linear_critic_matches_hand_value():
     real, fake = torch.randn(6, 4), torch.randn(6, 4)
     gp = gradient_penalty(lambda x, labels: critic(x).flatten(), real, fake)
     assert math.isclose(gp.item(), (3.0 - 1.0) ** 2, rel_tol=1e-6)
+
+
+def test_relativistic_pairing_loss_matches_formula():
+    # RpGAN: D minimises softplus(D(fake) - D(real)), G softplus(D(real) - D(fake)), pair by pair.
+    loss = LOSSES.get("rpgan")
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 0.0])
+    assert loss.relativistic and not loss.probabilities
+    assert torch.allclose(loss.d_loss(real, fake, LossConfig()), torch.log1p(torch.exp(fake - real)).mean())
+    assert torch.allclose(loss.g_loss(fake, real), torch.log1p(torch.exp(real - fake)).mean())
+    # Shifting every logit by the same amount changes nothing: only differences count.
+    assert torch.allclose(loss.d_loss(real + 7, fake + 7, LossConfig()), loss.d_loss(real, fake, LossConfig()))
+
+
+def test_r1_r2_on_linear_critic_match_hand_value():
+    # D(x) = w.x + b: grad_x D = w for every image, so E||grad||^2 = ||w||^2 = 9 for real and fake alike,
+    # and the penalty the trainer adds is gamma / 2 * 9.
+    critic = nn.Linear(4, 1)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[1.0, 2.0, 2.0, 0.0]]))
+    for images in (torch.randn(6, 4), torch.rand(6, 4)):
+        critic.zero_grad()
+        x = images.requires_grad_(True)
+        penalty = zero_centred_penalty(critic(x).flatten(), x)
+        assert math.isclose(penalty.item(), 9.0, rel_tol=1e-6)
+        penalty.backward()  # the graph is kept: the penalty can be minimised through D's weights
+        assert torch.allclose(critic.weight.grad, 2 * critic.weight.detach())
+
+
+def test_r1_is_zero_centred_not_one_centred():
+    # A critic with unit gradient norm pays nothing under WGAN-GP's penalty but 1 under R1.
+    critic = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[0.6, 0.8]]))
+    x = torch.randn(3, 2, requires_grad=True)
+    assert math.isclose(zero_centred_penalty(critic(x).flatten(), x).item(), 1.0, rel_tol=1e-6)
+    assert gradient_penalty(lambda v, labels: critic(v).flatten(), x.detach(), torch.randn(3, 2)).item() < 1e-10

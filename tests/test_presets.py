@@ -21,6 +21,7 @@ from ganforge.data.cifar import CLASSES
 from ganforge.models import build_models
 
 MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+FASHION = MNIST.parent / "fashion-mnist"
 TINY = ["--batch-size", "8", "--max-steps", "20", "--set", "data.limit=64", "--set", "model.g_channels=8",
         "--set", "model.d_channels=8", "--set", "train.log_every=5",
         "--set", "train.threads=1"]  # tiny nets: one thread beats two that wait for each other
@@ -59,6 +60,8 @@ def data_args(name: str, request) -> list[str]:
     dataset = preset_config(name).data.name
     if dataset == "mnist":
         return ["--data-dir", str(MNIST)] if MNIST.is_dir() else ["--set", "data.name=mnist-5k"]
+    if dataset == "fashion-mnist":  # the same IDX reader and shape as MNIST's
+        return ["--data-dir", str(FASHION)] if FASHION.is_dir() else ["--set", "data.name=mnist-5k"]
     if dataset == "cifar10":
         return ["--data-dir", str(request.getfixturevalue("fake_cifar"))]
     if dataset == "celeba":
@@ -110,8 +113,8 @@ def test_wgan_gp_critic_has_no_batch_norm():
     ("mnist-gan", ["--set", "data.name=mnist-5k", "--set", "loss.name=wgan"], "unknown loss 'wgan'; choose one of:"),
     ("mnist-gan", ["--set", "data.name=mnist-5k", "--set", "optim.name=rmsprop"],
      "unknown optimizer 'rmsprop'; choose one of: adam"),
-    ("mnist-gan", ["--set", "data.name=mnist-5k", "--set", "model.arch=resnet"],
-     "unknown architecture 'resnet'; choose one of:"),
+    ("mnist-gan", ["--set", "data.name=mnist-5k", "--set", "model.arch=stylegan9"],
+     "unknown architecture 'stylegan9'; choose one of:"),
     ("mnist-upsample", ["--set", "data.name=mnist-5k", "--set", "model.upsample=cubic"],
      "model.upsample='cubic': choose one of: nearest, bilinear"),
     ("cifar10-wgan-gp", ["--set", "data.name=mnist-5k", "--set", "model.d_norm=instance"],

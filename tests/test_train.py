@@ -66,7 +66,7 @@ def test_resume_continues_counters_and_log(tmp_path, tiny_args):
 
 def test_resume_is_exact(tmp_path, tiny_args):
     """Stopping after epoch 1 and resuming gives the same weights as one uninterrupted run."""
-    flags = [*tiny_args, "--set", "deterministic=true", "--set", "loss.label_flip=0.1", "--set", "model.ema=0.9"]
+    flags = [*tiny_args, "--set", "deterministic=true", "--set", "loss.label_flip=0.1", "--set", "model.ema_kimg=0.5"]
     assert run_cli(["train", "--out", str(tmp_path), "--name", "whole", "--epochs", "2", *flags]) == 0
     assert run_cli(["train", "--out", str(tmp_path), "--name", "split", "--epochs", "1", *flags]) == 0
     assert run_cli(["train", "--resume", str(tmp_path / "split"), "--epochs", "2"]) == 0

@@ -7,6 +7,7 @@ and refuses unknown keys and ill-typed values with one line naming the key and w
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ class DataConfig:
     size: int = 0                   # image side in pixels; 0 keeps the dataset's own size
     limit: int = 0                  # use only the first N images; 0 uses all
     hflip: bool = False             # random horizontal flips, drawn batch-wise on the device
+    augment: str = ""               # DiffAugment policy for every image D sees: comma-separated translation,cutout,color
 
 
 @dataclass
@@ -38,7 +40,10 @@ class ModelConfig:
     dropout: float = 0.0            # discriminator dropout
     d_norm: str = "batch"           # for arch=dcgan, D's normalisation: batch | layer | none (wgan-gp: not batch)
     upsample: str = "nearest"       # for arch=upsample: nearest | bilinear
-    ema: float = 0.0                # decay of an exponential moving average of G; 0 turns it off
+    arch_d: str = ""                # D's architecture when it differs from G's (a key of MODELS); "" = arch
+    d_sn: bool = False              # spectral normalisation of every D layer (Miyato et al. 2018)
+    ema_kimg: float = 0.0           # half-life of G's exponential moving average in thousands of images; 0 = off
+    ema_rampup: float = 0.05        # early on the half-life is at most this fraction of the images seen; 0 = none
 
 
 @dataclass
@@ -48,6 +53,9 @@ class LossConfig:
     label_flip: float = 0.0         # probability of swapping real and fake targets for D
     gp_weight: float = 10.0         # gradient-penalty weight (wgan-gp)
     n_critic: int = 1               # discriminator steps per generator step
+    r1_gamma: float = 0.0           # zero-centred gradient penalty on real images, gamma/2 E|grad D(x)|^2 (Mescheder 2018)
+    r2_gamma: float = 0.0           # the same on generated images (Roth et al. 2017; R3GAN uses both)
+    reg_every: int = 1              # apply R1/R2 every N D steps, scaled by N (lazy regularisation, Karras 2020)
 
 
 @dataclass
@@ -58,6 +66,8 @@ class OptimConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     momentum: float = 0.0           # sgd only
+    lr_decay_start: float = 1.0     # fraction of training after which both learning rates fall linearly; 1 = constant
+    lr_decay_to: float = 0.0        # the learning rates' final fraction of their base value
 
 
 @dataclass
@@ -223,7 +233,11 @@ def validate(cfg: Config) -> None:
          f"train.device={t.device!r}: choose auto, cpu, cuda or mps"),
         (t.amp in ("auto", "bf16", "off"), f"train.amp={t.amp!r}: choose auto, bf16 or off"),
         (cfg.model.z_dim >= 1, "model.z_dim must be at least 1"),
-        (0.0 <= cfg.model.ema < 1.0, "model.ema must be in [0, 1)"),
+        (cfg.model.ema_kimg >= 0 and cfg.model.ema_rampup >= 0, "model.ema_kimg and model.ema_rampup must be ≥ 0"),
+        (cfg.loss.r1_gamma >= 0 and cfg.loss.r2_gamma >= 0, "loss.r1_gamma and loss.r2_gamma must be ≥ 0"),
+        (cfg.loss.reg_every >= 1, "loss.reg_every must be at least 1"),
+        (0.0 <= cfg.optim.lr_decay_start <= 1.0, "optim.lr_decay_start must be in [0, 1]"),
+        (0.0 <= cfg.optim.lr_decay_to <= 1.0, "optim.lr_decay_to must be in [0, 1]"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (0.0 <= cfg.loss.label_smoothing < 1.0, "loss.label_smoothing must be in [0, 1)"),
         (0.0 <= cfg.loss.label_flip < 0.5, "loss.label_flip must be in [0, 0.5)"),
@@ -248,6 +262,7 @@ def from_dict(data: dict, *, origin: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
     cfg = Config()
+    data = _upgrade(data)
     for key, value in data.items():
         if key in ("preset", "description"):
             setattr(cfg, key, str(value))
@@ -261,6 +276,20 @@ def from_dict(data: dict, *, origin: str = "config") -> Config:
                 raise ConfigError(f"{origin}: unknown key {key}.{name}")
             setattr(section, name, parse_value(f"{key}.{name}", "none" if v is None else str(v), hints[name]))
     return cfg
+
+
+def _upgrade(data: dict) -> dict:
+    """Configs written before `model.ema_kimg` held `model.ema`, a decay per generator step: same horizon."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "ema" not in model:
+        return data
+    model = dict(model)
+    decay = float(model.pop("ema") or 0.0)
+    if 0.0 < decay < 1.0:
+        train, loss = data.get("train") or {}, data.get("loss") or {}
+        per_update = int(train.get("batch_size", 64)) * int(loss.get("n_critic", 1))
+        model["ema_kimg"] = per_update * math.log(0.5) / math.log(decay) / 1000
+    return {**data, "model": model}
 
 
 def save_yaml(cfg: Config, path: Path) -> None:

@@ -5,7 +5,13 @@
 - `minimax`: the original saturating generator loss, log(1 - D(G(z))) minimised;
 - `hinge`: Lim & Ye 2017 / Miyato et al. 2018;
 - `lsgan`: Mao et al. 2017, least squares with targets 0 and 1;
-- `wgan-gp`: Gulrajani et al. 2017, Wasserstein critic with a gradient penalty of weight 10.
+- `wgan-gp`: Gulrajani et al. 2017, Wasserstein critic with a gradient penalty of weight 10;
+- `rpgan`: the relativistic pairing loss (Jolicoeur-Martineau 2019; Huang et al. 2025, "The GAN is
+  dead; long live the GAN!", eq. 2): D and G compare each real logit with a generated one,
+  f(D(fake) - D(real)) with f = softplus. With the zero-centred penalties R1 and R2 below it is
+  the R3GAN objective, which Huang et al. show converges locally where the plain loss may not.
+
+Every generator loss takes the real logits too (`g_loss(fake, real)`); only relativistic ones read them.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from ganforge.registry import Registry
 @dataclass(frozen=True)
 class GANLoss:
     d_loss: Callable[..., torch.Tensor]     # d_loss(real_logits, fake_logits, cfg) -> scalar
-    g_loss: Callable[[torch.Tensor], torch.Tensor]  # g_loss(fake_logits) -> scalar
-    gradient_penalty: bool = False
+    g_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # g_loss(fake_logits, real_logits)
+    gradient_penalty: bool = False          # needs WGAN-GP's penalty on interpolates
+    probabilities: bool = False             # sigmoid(logit) is D's probability that an image is real
+    relativistic: bool = False              # g_loss reads the real logits (the trainer computes them)
 
 
 LOSSES: Registry[GANLoss] = Registry("loss")
@@ -45,22 +53,39 @@ def bce_d_loss(real: torch.Tensor, fake: torch.Tensor, cfg: LossConfig) -> torch
     return F.binary_cross_entropy_with_logits(real, t_real) + F.binary_cross_entropy_with_logits(fake, t_fake)
 
 
-LOSSES.register("bce")(GANLoss(bce_d_loss, lambda fake: F.softplus(-fake).mean()))
+LOSSES.register("bce")(GANLoss(bce_d_loss, lambda fake, real=None: F.softplus(-fake).mean(), probabilities=True))
 # log(1 - sigmoid(x)) = -softplus(x): G minimises it directly (saturates when D wins).
-LOSSES.register("minimax")(GANLoss(bce_d_loss, lambda fake: -F.softplus(fake).mean()))
+LOSSES.register("minimax")(GANLoss(bce_d_loss, lambda fake, real=None: -F.softplus(fake).mean(),
+                                   probabilities=True))
 LOSSES.register("hinge")(GANLoss(
     lambda real, fake, cfg: F.relu(1 - real).mean() + F.relu(1 + fake).mean(),
-    lambda fake: -fake.mean(),
+    lambda fake, real=None: -fake.mean(),
 ))
 LOSSES.register("lsgan")(GANLoss(
     lambda real, fake, cfg: 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean()),
-    lambda fake: 0.5 * (fake - 1).pow(2).mean(),
+    lambda fake, real=None: 0.5 * (fake - 1).pow(2).mean(),
 ))
 LOSSES.register("wgan-gp")(GANLoss(
     lambda real, fake, cfg: fake.mean() - real.mean(),
-    lambda fake: -fake.mean(),
+    lambda fake, real=None: -fake.mean(),
     gradient_penalty=True,
 ))
+# Pairs are formed in batch order: the i-th generated image against the i-th real one.
+LOSSES.register("rpgan")(GANLoss(
+    lambda real, fake, cfg: F.softplus(fake - real).mean(),
+    lambda fake, real: F.softplus(real - fake).mean(),
+    relativistic=True,
+))
+
+
+def zero_centred_penalty(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """E[||grad_x D(x)||^2] over the batch: R1 when `inputs` are real, R2 when generated.
+
+    `inputs` must require grad and `outputs` be D's logits for them; the graph is kept so the
+    penalty can be minimised. The loss adds gamma / 2 times this (Mescheder et al. 2018, eq. 9).
+    """
+    (grad,) = torch.autograd.grad(outputs.float().sum(), inputs, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(dim=1).mean()
 
 
 def gradient_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, fake: torch.Tensor,

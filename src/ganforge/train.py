@@ -3,7 +3,9 @@
 Progress is counted in steps (one discriminator batch each) and in real images seen. One step
 draws fresh noise, updates D, and every `n_critic`-th step updates G (Goodfellow et al. 2014,
 Alg. 1; Gulrajani et al. 2017 for n_critic > 1). Losses stay on the device and are read back only
-every `log_every` steps, so the hot path never waits for the host.
+every `log_every` steps, so the hot path never waits for the host. The quality switches of one
+step (DiffAugment, R1/R2, relativistic loss, EMA by half-life, the learning-rate decay) are
+config entries read in `train_step`; their modules cite the papers.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from torch import nn
 
 from ganforge import __version__
 from ganforge.artifacts import RunLog
+from ganforge.augment import DiffAugment
 from ganforge.checkpoint import load_latest, save_checkpoint, split_prefix
 from ganforge.config import Config, save_yaml, to_dict
 from ganforge.data import DATASETS, load_dataset
 from ganforge.data.batches import DeviceBatches
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.health import HealthGuard
-from ganforge.losses import LOSSES, gradient_penalty
+from ganforge.ema import ema_beta, update_ema
+from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
 from ganforge.models import build_models
 from ganforge.optim import OPTIMIZERS
 from ganforge import runtime
@@ -66,6 +70,7 @@ class Trainer:
         self.device = runtime.pick_device(t.device, local_rank=dist.local_rank)
         self.loss = LOSSES.get(cfg.loss.name)
         OPTIMIZERS.get(cfg.optim.name)  # refuse an unknown optimizer before the data loads
+        self.augment = DiffAugment(cfg.data.augment)
 
         # Build the models from the dataset's declared shape first, so an impossible combination is
         # refused before a long decode; then check the decoded data agrees.
@@ -75,8 +80,10 @@ class Trainer:
         # A folder's classes are known only after listing it: assume some for this first check.
         guess_classes = spec.num_classes or (2 if cfg.model.conditional and spec.name == "folder" else 0)
         self.G, self.D = build_models(cfg.model, channels=shape[0], size=shape[1], num_classes=guess_classes)
-        if self.loss.gradient_penalty and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules()):
-            raise ConfigError(f"loss.name={cfg.loss.name} penalises each sample's gradient, which batch norm in the "
+        penalised = self.loss.gradient_penalty or cfg.loss.r1_gamma > 0 or cfg.loss.r2_gamma > 0
+        if penalised and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules()):
+            what = f"loss.name={cfg.loss.name}" if self.loss.gradient_penalty else "loss.r1_gamma / loss.r2_gamma"
+            raise ConfigError(f"{what} penalises each sample's gradient, which batch norm in the "
                               f"discriminator mixes across the batch; use model.d_norm=layer or none "
                               f"(architecture {cfg.model.arch!r})")
         data = load_dataset(name=cfg.data.name, root=cfg.data.root, split=cfg.data.split, size=cfg.data.size,
@@ -101,7 +108,7 @@ class Trainer:
         if t.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.model.ema > 0 else None
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.model.ema_kimg > 0 else None
         build_opt = OPTIMIZERS.get(cfg.optim.name)
         self.opt_g = build_opt(self.G.parameters(), cfg.optim.lr_g, cfg.optim, self.device)
         self.opt_d = build_opt(self.D.parameters(), cfg.optim.lr_d, cfg.optim, self.device)
@@ -129,7 +136,10 @@ class Trainer:
         if not resume:
             runtime.seed_everything(t.seed + 1 + dist.rank)
         self.log = RunLog(run_dir, resume_step=self.progress.step if resume else None) if dist.is_main else None
-        self.health = HealthGuard(loss_has_probabilities=cfg.loss.name in ("bce", "minimax"))
+        self.health = HealthGuard(loss_has_probabilities=self.loss.probabilities)
+        # The learning-rate schedule's horizon is the configured epochs (not max_steps), so a run
+        # stopped early and resumed follows the same schedule.
+        self.total_steps = t.epochs * self.batches.steps_per_epoch
         self._sums: dict[str, torch.Tensor] = {}
         self._window = (time.perf_counter(), self.progress.images)
 
@@ -176,13 +186,23 @@ class Trainer:
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         update_g = (step + 1) % cfg.loss.n_critic == 0
+        reg = step % cfg.loss.reg_every == 0
+        r1, r2 = reg and cfg.loss.r1_gamma > 0, reg and cfg.loss.r2_gamma > 0
+        self._schedule_lr()
+        aug = self.augment
         z, fake_labels = self._noise(x.shape[0], labels)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             with torch.set_grad_enabled(update_g):  # no G graph when only D learns this step
                 fake = self.g_step_fn(z, fake_labels)
-            d_real = self.d_step_fn(x, labels).float()
-            d_fake = self.d_step_fn(fake.detach(), fake_labels).float()
+            # R1 / R2 differentiate D's logits with respect to the images before augmentation.
+            real_in, fake_in = x.detach().requires_grad_(r1), fake.detach().requires_grad_(r2)
+            d_real = self.d_step_fn(aug(real_in), labels).float()
+            d_fake = self.d_step_fn(aug(fake_in), fake_labels).float()
             loss_d = self.loss.d_loss(d_real, d_fake, cfg.loss)
+        if r1:  # lazy regularisation: every reg_every steps, weighted by reg_every (Karras et al. 2020)
+            loss_d = loss_d + cfg.loss.r1_gamma / 2 * cfg.loss.reg_every * zero_centred_penalty(d_real, real_in)
+        if r2:
+            loss_d = loss_d + cfg.loss.r2_gamma / 2 * cfg.loss.reg_every * zero_centred_penalty(d_fake, fake_in)
         if self.loss.gradient_penalty:
             gp = gradient_penalty(self.d_step_fn, x, fake.detach().float(), labels)
             loss_d = loss_d + cfg.loss.gp_weight * gp
@@ -192,26 +212,40 @@ class Trainer:
         self.opt_d.step()
         # D(x), D(G(z)): probabilities for the sigmoid losses, raw critic values for the others.
         squash = torch.sigmoid if self.health.probabilities else (lambda v: v)
-        self._accumulate(loss_d=loss_d, d_real=squash(d_real).mean(), d_fake=squash(d_fake).mean())
+        self._accumulate(loss_d=loss_d, d_real=squash(d_real.detach()).mean(), d_fake=squash(d_fake.detach()).mean())
 
         if update_g:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                loss_g = self.loss.g_loss(self.d_step_fn(fake, fake_labels).float())
+                real_logits = None
+                if self.loss.relativistic:  # the pairing compares with the updated D's real logits
+                    with torch.no_grad():
+                        real_logits = self.d_step_fn(aug(x), labels).float()
+                loss_g = self.loss.g_loss(self.d_step_fn(aug(fake), fake_labels).float(), real_logits)
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             runtime.average_gradients(self.G, self.dist.world_size)
             self.opt_g.step()
-            self._update_ema()
+            self._update_ema(images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic)
             self._accumulate(loss_g=loss_g, g_steps=torch.ones((), device=self.device))
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _schedule_lr(self) -> None:
+        """Linear decay of both learning rates over the last part of training (optim.lr_decay_start)."""
+        o = self.cfg.optim
+        if o.lr_decay_start >= 1.0:
+            return
+        frac = self.progress.step / max(self.total_steps, 1)
+        ramp = min(max((frac - o.lr_decay_start) / (1.0 - o.lr_decay_start), 0.0), 1.0)
+        factor = 1.0 - ramp * (1.0 - o.lr_decay_to)
+        for opt, lr in ((self.opt_g, o.lr_g), (self.opt_d, o.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * self.progress.lr_scale * factor
+
+    def _update_ema(self, *, images: int) -> None:
         if self.G_ema is None:
             return
-        beta = self.cfg.model.ema
-        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1 - beta)
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
+        m = self.cfg.model
+        beta = ema_beta(images, m.ema_kimg * 1000, images_seen=self.progress.images + images, rampup=m.ema_rampup)
+        update_ema(self.G_ema, self.G, beta)
 
     def _accumulate(self, **values: torch.Tensor) -> None:
         for k, v in values.items():

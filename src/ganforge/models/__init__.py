@@ -24,14 +24,37 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """Build G and D for images of `channels` x `size` x `size`; `num_classes` > 0 makes them conditional."""
+    """Build G and D for images of `channels` x `size` x `size`; `num_classes` > 0 makes them conditional.
+
+    `model.arch_d` takes D from another architecture's pair; `model.d_sn` spectrally normalises D.
+    """
     if cfg.conditional and num_classes < 2:
         raise ConfigError("model.conditional=true needs a labelled dataset (this one has no class labels): use "
                           "mnist, fashion-mnist, mnist-5k, cifar10 or a folder with one subfolder per class, "
                           "or set model.conditional=false")
-    build = MODELS.get(cfg.arch)
-    return build(cfg, channels=channels, size=size, num_classes=num_classes if cfg.conditional else 0)
+    kw = dict(channels=channels, size=size, num_classes=num_classes if cfg.conditional else 0)
+    g, d = MODELS.get(cfg.arch)(cfg, **kw)
+    if cfg.arch_d and cfg.arch_d != cfg.arch:
+        _, d = MODELS.get(cfg.arch_d)(cfg, **kw)
+    if cfg.d_sn:
+        spectral_normalise(d)
+    return g, d
+
+
+def spectral_normalise(module: nn.Module) -> nn.Module:
+    """Divide every weight of `module` by its largest singular value (Miyato et al. 2018).
+
+    Each convolution, linear layer and projection embedding gets PyTorch's parametrisation, which
+    keeps a power-iteration estimate of sigma that one more step refines at every training forward.
+    Normalisation layers are left alone (a spectrally normalised D is usually built without them).
+    """
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
+            spectral_norm(m)
+    return module
 
 
 # Importing the architecture modules fills MODELS.
-from ganforge.models import dcgan, mlp, upsample  # noqa: E402,F401
+from ganforge.models import dcgan, mlp, resnet, upsample  # noqa: E402,F401

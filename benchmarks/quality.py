@@ -1,0 +1,137 @@
+"""Image quality in a fixed budget: train a preset, evaluate it with the published protocol, keep a record.
+
+    python -m benchmarks.quality --preset mnist-best [--epochs E] [--set KEY=VALUE ...]
+                                 [--data-dir DIR] [--out DIR] [--record FILE] [--n N] [--skip-train]
+
+The budget is the preset's length in images (its epochs, or --epochs), so a record means the same
+on any machine; the record also says how many seconds of training that took here, on which CPU,
+and whether anything else was running (the load average before and after). Both steps run the
+`ganforge` command, so the record holds the exact commands that reproduce it.
+
+Protocols (issue 11; docs/evaluation.md describes each metric):
+- mnist, fashion-mnist: Inception FID/KID/PR of 10,000 generated against the 10,000 test images,
+  TF1 bilinear resize to 299 (Lucic et al. 2018), plus the digit/clothes classifier's FID, IS and,
+  for conditional models, class accuracy;
+- mnist-5k (the demo): classifier FID and IS of 5,000 generated against the 5,000 training digits;
+- cifar10: 10,000 generated against the whole training set (50,000; here the JPEG copy, so not
+  exactly the published reference), FID/KID/PR/IS;
+- celeba, folder: 10,000 against the training folder (6,000 faces here: not comparable with papers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROTOCOLS = {
+    # dataset: (reference split, generated N, metrics, note)
+    "mnist": ("test", 10_000, "fid,kid,pr,cls-fid,cls-is", "Lucic et al. 2018: 10k generated vs 10k test"),
+    "fashion-mnist": ("test", 10_000, "fid,kid,pr,cls-fid,cls-is", "Lucic et al. 2018: 10k generated vs 10k test"),
+    "mnist-5k": ("train", 5_000, "cls-fid,cls-is", "classifier features, 5k generated vs the 5k training digits"),
+    "cifar10": ("train", 10_000, "fid,kid,pr,is", "10k generated vs the 50k training images (JPEG copy here)"),
+    "celeba": ("train", 10_000, "fid,kid,pr", "vs the local CelebA folder: not comparable with published figures"),
+    "folder": ("train", 10_000, "fid,kid,pr", "vs the training folder"),
+}
+CONDITIONAL_METRICS = ",cls-acc"
+RECORDS = Path(__file__).resolve().parent / "records" / "quality"
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "")
+    bf16 = "native bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "no native bf16"
+    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} cores, {bf16}"
+
+
+def _run(cmd: list[str]) -> float:
+    print("$", shlex.join(cmd), flush=True)
+    start = time.perf_counter()
+    code = subprocess.call(cmd)
+    if code:
+        sys.exit(f"benchmarks.quality: command failed with exit code {code}: {shlex.join(cmd)}")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", required=True)
+    ap.add_argument("--epochs", type=int, help="budget in epochs (default: the preset's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (repeatable)")
+    ap.add_argument("--data-dir", help="the data set's folder (for presets that read one)")
+    ap.add_argument("--out", default="runs/quality", help="parent folder of the run (default runs/quality)")
+    ap.add_argument("--name", help="run folder name (default: the preset)")
+    ap.add_argument("--n", type=int, help="generated images for evaluation (default: the protocol's)")
+    ap.add_argument("--metrics", help="metric keys (default: the protocol's)")
+    ap.add_argument("--record", help="record file (default benchmarks/records/quality/<name>.json)")
+    ap.add_argument("--skip-train", action="store_true", help="evaluate an existing run folder")
+    args = ap.parse_args(argv)
+
+    from ganforge.config import load_yaml, preset_config
+
+    name = args.name or args.preset
+    run_dir = Path(args.out) / name
+    exe = [sys.executable, "-m", "ganforge"]
+    train_cmd = [*exe, "train", "--preset", args.preset, "--out", args.out, "--name", name]
+    if args.epochs:
+        train_cmd += ["--epochs", str(args.epochs)]
+    if args.data_dir:
+        train_cmd += ["--data-dir", args.data_dir]
+    for s in args.set:
+        train_cmd += ["--set", s]
+    load_before = os.getloadavg()[0]
+    if not args.skip_train:
+        if run_dir.exists():
+            sys.exit(f"benchmarks.quality: {run_dir} exists; pass --name, or --skip-train to evaluate it")
+        _run(train_cmd)
+    load_after = os.getloadavg()[0]
+    cfg = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else preset_config(args.preset)
+    split, n, metrics, note = PROTOCOLS.get(cfg.data.name, PROTOCOLS["folder"])
+    metrics = args.metrics or metrics + (CONDITIONAL_METRICS if cfg.model.conditional else "")
+    n = args.n or n
+    eval_json = run_dir / "quality-eval.json"
+    eval_cmd = [*exe, "eval", str(run_dir), "--split", split, "--n", str(n), "--metrics", metrics,
+                "--json", str(eval_json)]
+    if args.data_dir:
+        eval_cmd += ["--data-dir", args.data_dir]
+    eval_seconds = _run(eval_cmd)
+
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = [r for r in log if "loss_d" in r][-1]
+    evaluation = json.loads(eval_json.read_text())
+    import torch
+
+    from ganforge import __version__
+
+    record = {
+        "preset": cfg.preset, "dataset": cfg.data.name, "conditional": cfg.model.conditional,
+        "protocol": {"reference_split": split, "n_generated": n, "note": note},
+        "metrics": {k: v.get("value") for k, v in evaluation["metrics"].items()},
+        "evaluation": evaluation,
+        "kimg": last["kimg"], "steps": last["step"], "epochs": cfg.train.epochs,
+        "train_seconds": last["time"], "eval_seconds": round(eval_seconds, 1),
+        "machine": {"cpu": cpu_model(), "load_average_before": round(load_before, 2),
+                    "load_average_after": round(load_after, 2), "threads": torch.get_num_threads()},
+        "versions": {"ganforge": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "commands": [shlex.join(["ganforge", *train_cmd[3:]]), shlex.join(["ganforge", *eval_cmd[3:]])],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out = Path(args.record) if args.record else RECORDS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items() if isinstance(v, (int, float)))
+    print(f"{cfg.preset}: {summary}; {record['kimg']:.0f} kimg in {record['train_seconds']:.0f} s; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
