@@ -158,3 +158,63 @@ def cifar10_wgan_gp() -> Config:
         optim=OptimConfig(name="adam", lr_g=1e-4, lr_d=1e-4, beta1=0.0, beta2=0.9),
         train=TrainConfig(epochs=100, batch_size=64),
     )
+
+
+# ----------------------------------------------------------------------------- best in a CPU budget
+# Issue 11: the techniques that buy the most quality per unit of compute on small images, chosen by
+# measurement (benchmarks/quality.py; records in benchmarks/records/quality/, table in the README).
+# Budgets are counted in images so a preset means the same on any machine; the comments give the
+# time they took on the project's 2-core CPUs.
+
+
+def _best(description: str, data: DataConfig, *, epochs: int, batch_size: int = 64, conditional: bool = False,
+          arch: str = "dcgan", width: int = 64, ema_kimg: float = 10.0, augment: str = "",
+          lr: float = 2e-4, log_every: int = 100) -> Config:
+    """DCGAN-family G with an EMA; a normalisation-free D with spectral norm and the hinge loss
+    (Miyato et al. 2018); Adam (0.5, 0.999); the learning rates fall linearly over the last half."""
+    data.augment = augment
+    return Config(
+        description=description,
+        data=data,
+        model=ModelConfig(arch=arch, z_dim=100, g_channels=width, d_channels=width, conditional=conditional,
+                          d_norm="none", d_sn=True, ema_kimg=ema_kimg),
+        loss=LossConfig(name="hinge"),
+        optim=OptimConfig(name="adam", lr_g=lr, lr_d=lr, beta1=0.5, beta2=0.999, lr_decay_start=0.5),
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, log_every=log_every, sample_every=1,
+                          checkpoint_every=1),
+    )
+
+
+@register_preset("mnist-best", source="issue 11: DCGAN G with an EMA (Karras et al. 2020), spectrally normalised "
+                                      "hinge D (Miyato et al. 2018), LR decay; 30 CPU minutes")
+def mnist_best() -> Config:
+    return _best("the best unconditional MNIST model in 30 CPU minutes: Inception FID vs the test set",
+                 DataConfig(name="mnist"), epochs=20)
+
+
+@register_preset("mnist-cgan-best", source="issue 11: mnist-best made class-conditional (projection D of Miyato et al. 2018, "
+                                           "with Koyama); 30 CPU minutes")
+def mnist_cgan_best() -> Config:
+    return _best("the best class-conditional MNIST model in 30 CPU minutes: ask for a digit, get that digit",
+                 DataConfig(name="mnist"), epochs=20, conditional=True)
+
+
+@register_preset("fashion-mnist-best", source="issue 11: mnist-best's recipe on Fashion-MNIST (Xiao et al. 2017); "
+                                              "30 CPU minutes")
+def fashion_mnist_best() -> Config:
+    return _best("the best unconditional Fashion-MNIST model in 30 CPU minutes", DataConfig(name="fashion-mnist"),
+                 epochs=20)
+
+
+@register_preset("cifar10-best", source="issue 11: DCGAN G with an EMA, spectrally normalised hinge D (Miyato et "
+                                        "al. 2018), DiffAugment (Zhao et al. 2020), flips; 60 CPU minutes")
+def cifar10_best() -> Config:
+    return _best("the best unconditional CIFAR-10 model in 60 CPU minutes: FID vs the training set",
+                 DataConfig(name="cifar10", hflip=True), epochs=30, augment="translation,color")
+
+
+@register_preset("cifar10-cgan-best", source="issue 11: cifar10-best made class-conditional (projection D of Miyato et al. 2018, "
+                                             "with Koyama)")
+def cifar10_cgan_best() -> Config:
+    return _best("the best class-conditional CIFAR-10 model in 60 CPU minutes", DataConfig(name="cifar10", hflip=True),
+                 epochs=30, conditional=True, augment="translation,color")
