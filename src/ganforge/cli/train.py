@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -147,6 +148,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+    if verdict.exit_code and dist.enabled:
+        # A stopped rank that exits first makes torchrun SIGTERM the others; they have checkpointed already.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if dist.is_main:
         if verdict.exit_code:
             print(f"resume with: {dist.command(f'train --resume {run_dir}')}", flush=True)
