@@ -15,17 +15,20 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from ganforge import fsutil
 from ganforge.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from ganforge.errors import CheckpointError
 
 
 def test_temporary_names_are_unique_per_writer(tmp_path):
+    from ganforge import fsutil
+
     names = {fsutil.temp_path(tmp_path / "eval.json") for _ in range(100)}
     assert len(names) == 100 and all(f"-{os.getpid()}-" in n.name and n.suffix == ".json" for n in names)
 
 
 def test_concurrent_writers_of_one_file_never_collide(tmp_path):
+    from ganforge import fsutil
+
     target, errors = tmp_path / "stats.json", []
 
     def write(i):
@@ -60,6 +63,8 @@ def test_best_is_never_deleted_before_its_replacement_is_in_place(tmp_path, monk
 
 
 def test_a_crash_between_the_two_renames_is_repaired(tmp_path):
+    from ganforge import fsutil
+
     folder = tmp_path / "checkpoints"
     save_checkpoint(tmp_path, step=1, tensors={"w": torch.ones(2)}, state={}, keep=1, name="best")
     os.replace(folder / "best", folder / ".old-best-123-abcd1234")  # what a kill right after moving aside leaves
@@ -82,6 +87,8 @@ def test_stale_temporaries_of_killed_saves_are_cleaned_on_resume(tmp_path):
 
 
 def test_folder_lock_is_exclusive_and_released(tmp_path):
+    from ganforge import fsutil
+
     lock = fsutil.FolderLock(tmp_path)
     with pytest.raises(fsutil.FolderBusy, match=f"in use by another process \\(pid {os.getpid()} on "):
         fsutil.FolderLock(tmp_path)

@@ -6,8 +6,8 @@ only the architecture and optimizer that made them. So a resume is checked befor
 written:
 - the architecture (model.*, except the EMA half-life and dropout), the optimizer's kind and the preset cannot
   change: one line names the key, old and new value;
-- the batch size, seed and data set change what the saved position means: refused unless the
-  caller allows it (`--allow-change`), and then recorded in metrics.jsonl;
+- the batch size, seed, data set and number of processes change what the saved position means:
+  refused unless the caller allows it (`--allow-change`), and then recorded in metrics.jsonl;
 - everything else (epochs, max_steps, learning rates, logging, ...) may change and is recorded.
 """
 
@@ -53,6 +53,18 @@ def check_resume(run_dir: Path, new: Config, *, allow: bool = False) -> dict[str
             raise ConfigError(f"--resume {run_dir}: {key} was {old!r}, now {value!r}; that changes what the saved "
                               f"position means and breaks exact resumption (add --allow-change to accept it)")
     return diff
+
+
+def check_ranks(state: dict, world_size: int, *, run_dir: Path, allow: bool = False) -> dict[str, list]:
+    """{"world_size": [old, new]} when a checkpoint's number of processes differs (each rank's stride of
+    the permutation is part of the saved position), or ConfigError unless `allow`."""
+    ranks = state.get("world_size", 1)
+    if ranks == world_size:
+        return {}
+    if not allow:
+        raise ConfigError(f"--resume {run_dir}: it was trained by {ranks} processes, now {world_size}; that "
+                          f"changes what the saved position means (add --allow-change to accept it)")
+    return {"world_size": [ranks, world_size]}
 
 
 def latest_run_dir(out: Path, name: str) -> Optional[Path]:

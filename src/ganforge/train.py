@@ -41,8 +41,9 @@ from ganforge.ema import ema_beta, update_ema
 from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
 from ganforge.models import build_models
 from ganforge.optim import OPTIMIZERS
-from ganforge.resume import check_resume
+from ganforge.resume import check_ranks, check_resume
 from ganforge import runtime
+
 
 @dataclass
 class Progress:
@@ -164,13 +165,7 @@ class Trainer:
         if state.get("data_shape", {}).get("size") != self.data_info["size"]:
             raise ConfigError(f"{path}: checkpoint is for {state['data_shape']} images; the data now gives "
                               f"{self.data_info['size']}x{self.data_info['size']}")
-        ranks = state.get("world_size", 1)
-        if ranks != self.dist.world_size:  # each rank's stride of the permutation is part of the position
-            if not allow_changes:
-                raise ConfigError(f"--resume {self.run_dir}: it was trained by {ranks} processes, now "
-                                  f"{self.dist.world_size}; that changes what the saved position means "
-                                  f"(add --allow-change to accept it)")
-            self.changes["world_size"] = [ranks, self.dist.world_size]
+        self.changes.update(check_ranks(state, self.dist.world_size, run_dir=self.run_dir, allow=allow_changes))
         try:
             self.G.load_state_dict(split_prefix(tensors, "G."))
             self.D.load_state_dict(split_prefix(tensors, "D."))
