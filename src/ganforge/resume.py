@@ -4,8 +4,8 @@ A checkpoint's position (epoch, batch inside the epoch's permutation, RNG states
 only for the batch size, seed, data and number of ranks it was written with, and its tensors fit
 only the architecture and optimizer that made them. So a resume is checked before anything is
 written:
-- the architecture (model.*, except the EMA half-life and dropout), the optimizer's kind and the preset cannot
-  change: one line names the key, old and new value;
+- the architecture (model.*, except the EMA half-life and dropout), the optimizer's kind and the
+  preset cannot change: one line names the key, old and new value;
 - the batch size, seed, data set and number of processes change what the saved position means:
   refused unless the caller allows it (`--allow-change`), and then recorded in metrics.jsonl;
 - everything else (epochs, max_steps, learning rates, logging, ...) may change and is recorded.
