@@ -36,6 +36,22 @@ def run_cli(argv) -> int:
     return exit_.value.code
 
 
+def poison_d_loss(monkeypatch, call: int) -> None:
+    """Make the bce discriminator loss NaN once, at its `call`-th evaluation (D's weights then turn NaN)."""
+    import dataclasses
+
+    from ganforge import losses
+
+    bce, calls = losses.LOSSES.get("bce"), {"n": 0}
+
+    def poisoned(real, fake, cfg):
+        calls["n"] += 1
+        value = bce.d_loss(real, fake, cfg)
+        return value * float("nan") if calls["n"] == call else value
+
+    monkeypatch.setitem(losses.LOSSES._entries, "bce", dataclasses.replace(bce, d_loss=poisoned))
+
+
 def shared_path(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

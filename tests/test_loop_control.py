@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, poison_d_loss, run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint
 from ganforge.health import HealthGuard
 
@@ -37,17 +37,7 @@ def test_health_check_returns_a_verdict():
 
 def test_nan_at_an_epoch_end_rolls_back_instead_of_escaping(tmp_path, monkeypatch):
     """Non-finite weights found by the end-of-epoch save used to raise Rollback out of the loop."""
-    from ganforge import losses
-
-    real_bce = losses.LOSSES.get("bce")
-    calls = {"n": 0}
-
-    def poisoned(real, fake, cfg):
-        calls["n"] += 1
-        value = real_bce.d_loss(real, fake, cfg)
-        return value * float("nan") if calls["n"] == 8 else value  # the last step of epoch 1
-
-    monkeypatch.setitem(losses.LOSSES._entries, "bce", losses.GANLoss(poisoned, real_bce.g_loss))
+    poison_d_loss(monkeypatch, 8)  # the last step of epoch 1
     with pytest.warns(UserWarning, match="non-finite loss or weight at step 8.*rolled back to step_000000000"):
         assert run_cli(["train", "--out", str(tmp_path), "--name", "r", *TINY, "--set", "train.log_every=3",
                         "--epochs", "2"]) == 0

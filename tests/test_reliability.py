@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EXACT, TINY as TINY_256, run_cli
+from conftest import EXACT, TINY as TINY_256, poison_d_loss, run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from ganforge.errors import CheckpointError
 
@@ -105,17 +105,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
 
 
 def test_nan_loss_rolls_back_and_lowers_lr(tmp_path, monkeypatch):
-    from ganforge import losses
-
-    real_bce = losses.LOSSES.get("bce")
-    calls = {"n": 0}
-
-    def poisoned(real, fake, cfg):
-        calls["n"] += 1
-        value = real_bce.d_loss(real, fake, cfg)
-        return value * float("nan") if calls["n"] == 12 else value  # once, in epoch 2
-
-    monkeypatch.setitem(losses.LOSSES._entries, "bce", losses.GANLoss(poisoned, real_bce.g_loss))
+    poison_d_loss(monkeypatch, 12)  # once, in epoch 2
     with pytest.warns(UserWarning, match="non-finite loss or weight at step 12.*rolled back to step_000000008"):
         assert run_cli(["train", "--out", str(tmp_path), "--name", "r", *TINY[:-4], "--set", "data.limit=256",
                         "--epochs", "2"]) == 0
