@@ -44,3 +44,23 @@ def test_nan_at_an_epoch_end_rolls_back_instead_of_escaping(tmp_path, monkeypatc
     _, state = load_checkpoint(list_checkpoints(tmp_path / "r")[-1])
     assert state["progress"]["step"] == 16 and state["progress"]["rollbacks"] == 1
     assert [r["event"] for r in records(tmp_path / "r") if "event" in r] == ["rollback"]
+
+
+def test_a_full_disk_while_logging_is_one_line_and_keeps_the_checkpoints(tmp_path, monkeypatch, capsys):
+    from ganforge.artifacts import RunLog
+
+    real_log, calls = RunLog.log, {"n": 0}
+
+    def log(self, record):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device", str(self.metrics_path))
+        real_log(self, record)
+
+    monkeypatch.setattr(RunLog, "log", log)
+    assert run_cli(["train", "--out", str(tmp_path), "--name", "r", *TINY, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ganforge: error: cannot write {tmp_path / 'r' / 'metrics.jsonl'} (No space left on device); "
+                   f"free space, then resume from the last checkpoint: --resume {tmp_path / 'r'}"]
+    monkeypatch.setattr(RunLog, "log", real_log)
+    assert run_cli(["train", "--resume", str(tmp_path / "r"), "--epochs", "2"]) == 0

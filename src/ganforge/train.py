@@ -278,6 +278,9 @@ class Trainer:
         self._start_wall = time.perf_counter() - p.wall
         try:
             verdict = self._train()
+        except OSError as exc:  # a full or vanished disk while logging: the last checkpoint is intact
+            raise GanforgeError(f"cannot write {exc.filename or self.run_dir} ({exc.strerror or exc}); free space, "
+                                f"then resume from the last checkpoint: --resume {self.run_dir}") from None
         finally:
             self._signals.uninstall()
             if self.log is not None:
