@@ -28,12 +28,15 @@ def torchrun(*args: str, restarts: int = 0) -> list[str]:
 def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
     """{rank: pid} of the workers torchrun started (its child processes)."""
     pids = {}
-    for task in Path(f"/proc/{launcher.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            rank = [int(e[5:]) for e in env if e.startswith(b"RANK=")]
-            if rank:
-                pids[rank[0]] = int(pid)
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0") if ppid == launcher.pid else []
+        except (OSError, ValueError, IndexError):  # not a process, or one that just ended
+            continue
+        rank = [int(e[5:]) for e in env if e.startswith(b"RANK=")]
+        if rank:
+            pids[rank[0]] = int(proc.name)
     return pids
 
 
