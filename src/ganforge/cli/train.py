@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run folder; `auto`: the run of --name whose newest checkpoint is newest, "
+                   help="continue a run folder; `auto`: the run of --name with the most recently written checkpoint, "
                         "or a new run of that name when none has a checkpoint (what torchrun --max-restarts needs)")
     p.add_argument("--allow-change", action="store_true",
                    help="let a resume change the batch size, seed, data set or number of processes "
