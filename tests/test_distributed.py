@@ -123,7 +123,7 @@ def test_elastic_restart_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert whole.returncode == 0, whole.stdout + whole.stderr
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(torchrun("--out", str(tmp_path), "--name", "killed", *flags, restarts=1),
+    proc = subprocess.Popen(torchrun("--out", str(tmp_path), "--name", "killed", *flags, restarts=2),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: (run / "checkpoints" / "step_000000009").is_dir(), proc)
     os.kill(worker_pids(proc)[0], signal.SIGKILL)  # rank 0: the one holding the lock and writing files

@@ -57,7 +57,12 @@ class Dist:
             use_nccl = device_name != "cpu" and torch.cuda.is_available()
             if use_nccl:
                 torch.cuda.set_device(info.local_rank)
-            dist.init_process_group("nccl" if use_nccl else "gloo")
+            # torchrun can keep its key-value store across restarts (--max-restarts): without a prefix per
+            # attempt a restarted rank may read the dead group's addresses and fail to connect.
+            store, _, _ = next(dist.rendezvous("env://"))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group("nccl" if use_nccl else "gloo", store=dist.PrefixStore(f"attempt-{attempt}", store),
+                                    rank=info.rank, world_size=world)
         return info
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
