@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import EXACT, TINY as TINY_256, poison_d_loss, run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
-from ganforge.cli import main
 from ganforge.errors import CheckpointError
 
-TINY = ["--batch-size", "32", "--set", "data.limit=512", "--set", "model.g_channels=8", "--set",
-        "model.d_channels=8", "--set", "train.log_every=2", "--set", "deterministic=true", "--set", "threads=1"]
-
-
-def run_cli(argv):
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    return exit_.value.code
+TINY = [*TINY_256, "--set", "data.limit=512", *EXACT]  # 16 steps an epoch
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -66,16 +59,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigint_finishes_step_and_checkpoints(tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_checkpoints_and_exits_with_the_signal_code(tmp_path, signum, code):
+    """A stopped run must not look finished to `train && eval`: 128 + the signal, as a shell reports it."""
     run = tmp_path / "r"
     proc = spawn(["--out", str(tmp_path), "--name", "r", *TINY, "--epochs", "50"])
     wait_for(lambda: (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size > 0, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "received SIGINT" in out and f"ganforge train --resume {run}" in out
+    assert proc.returncode == code, out
+    name = signal.Signals(signum).name
+    assert f"stopped: received {name} at step" in out and f"resume with: ganforge train --resume {run}" in out
     _, state = load_checkpoint(list_checkpoints(run)[-1])
-    assert state["progress"]["step"] > 0
+    assert f"stopped: received {name} at step {state['progress']['step']} " in out  # the final checkpoint
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):
@@ -109,17 +105,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
 
 
 def test_nan_loss_rolls_back_and_lowers_lr(tmp_path, monkeypatch):
-    from ganforge import losses
-
-    real_bce = losses.LOSSES.get("bce")
-    calls = {"n": 0}
-
-    def poisoned(real, fake, cfg):
-        calls["n"] += 1
-        value = real_bce.d_loss(real, fake, cfg)
-        return value * float("nan") if calls["n"] == 12 else value  # once, in epoch 2
-
-    monkeypatch.setitem(losses.LOSSES._entries, "bce", losses.GANLoss(poisoned, real_bce.g_loss))
+    poison_d_loss(monkeypatch, 12)  # once, in epoch 2
     with pytest.warns(UserWarning, match="non-finite loss or weight at step 12.*rolled back to step_000000008"):
         assert run_cli(["train", "--out", str(tmp_path), "--name", "r", *TINY[:-4], "--set", "data.limit=256",
                         "--epochs", "2"]) == 0

@@ -7,17 +7,11 @@ import json
 import pytest
 import torch
 
+from conftest import run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_generator
-from ganforge.cli import main
 from ganforge.config import preset_config
 from ganforge.runtime import Dist
 from ganforge.train import Trainer
-
-
-def run_cli(argv):
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    return exit_.value.code
 
 
 def test_one_step_changes_both_networks(tmp_path):
@@ -55,8 +49,10 @@ def test_resume_continues_counters_and_log(tmp_path, tiny_args):
     assert run_cli(base + ["--epochs", "1"]) == 0
     assert run_cli(["train", "--resume", str(tmp_path / "r"), "--epochs", "3"]) == 0
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in records]
+    steps = [r["step"] for r in records if "loss_d" in r]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 24
+    # What the resume changed is recorded where it happened.
+    assert {"step": 8, "event": "resume", "changed": {"train.epochs": [1, 3]}} in records
     _, state = load_checkpoint(list_checkpoints(tmp_path / "r")[-1])
     assert state["progress"]["epoch"] == 3 and state["progress"]["step"] == 24
     assert (tmp_path / "r" / "samples" / "epoch_0003.png").is_file()

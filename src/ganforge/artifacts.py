@@ -1,36 +1,36 @@
 """What a run leaves on disk: metrics.jsonl, TensorBoard scalars and images, sample grids, loss curves.
 
-Only rank 0 writes. Files are appended or rewritten whole, so a run killed at any moment leaves
-readable files; on resume, log lines past the checkpoint's step are dropped so the log matches
+Only rank 0 writes. Files are appended or rewritten whole through `fsutil`, so a run killed at
+any moment leaves readable files; on resume, log lines past the checkpoint's step are dropped so the log matches
 the restored state exactly.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision.utils import make_grid, save_image
 
+from ganforge import fsutil
+
 
 def unique_run_dir(out: Path, name: str) -> Path:
-    """`out/name`, or `out/name-2`, `-3`, ... when it exists: a new run never overwrites a folder."""
-    path, n = out / name, 1
-    while path.exists():
-        n += 1
-        path = out / f"{name}-{n}"
-    return path
+    """Create and return `out/name`, or `out/name-2`, `-3`, ... when it exists: a new run never shares a folder.
 
-
-def latest_run_dir(out: Path, name: str) -> Path | None:
-    """The newest `out/name[-k]` that holds a checkpoint (for `--resume auto`)."""
-    candidates = [p for p in out.glob(f"{name}*") if p.is_dir() and (p.name == name or
-                  (p.name.startswith(name + "-") and p.name[len(name) + 1:].isdigit()))]
-    candidates = [p for p in candidates if any((p / "checkpoints").glob("step_*"))]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    mkdir either creates the folder or fails, so two runs starting at once never claim the same name.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = out / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def image_grid(images: torch.Tensor, *, nrow: int) -> torch.Tensor:
@@ -56,9 +56,7 @@ class RunLog:
     def truncate(self, step: int) -> None:
         """Forget records past `step` (after a rollback), rewriting the file atomically."""
         self.history = [r for r in self.history if r.get("step", 0) <= step]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        os.replace(tmp, self.metrics_path)
+        fsutil.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -72,7 +70,8 @@ class RunLog:
     def save_grid(self, images: torch.Tensor, name: str, *, step: int, nrow: int = 8, tag: str = "samples") -> Path:
         path = self.dir / "samples" / name
         grid = image_grid(images, nrow=nrow)
-        save_image(grid, path)
+        with fsutil.atomic_file(path) as tmp:
+            save_image(grid, tmp)
         self.tb.add_image(tag, grid, step)
         return path
 
@@ -83,10 +82,11 @@ class RunLog:
         import matplotlib.pyplot as plt
 
         rows = [r for r in self.history if "loss_d" in r]
+        g_rows = [r for r in rows if "loss_g" in r]  # a window without a generator step has no G loss
         fig, (ax_l, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
         kimg = [r["kimg"] for r in rows]
         ax_l.plot(kimg, [r["loss_d"] for r in rows], label="D loss")
-        ax_l.plot(kimg, [r["loss_g"] for r in rows], label="G loss")
+        ax_l.plot([r["kimg"] for r in g_rows], [r["loss_g"] for r in g_rows], label="G loss")
         ax_l.set_xlabel("thousands of real images seen")
         ax_l.set_title("losses")
         ax_l.legend()
@@ -101,10 +101,9 @@ class RunLog:
         ax_p.legend()
         fig.tight_layout()
         path = self.dir / "loss_curves.png"
-        tmp = path.with_name(".loss_curves.tmp.png")
-        fig.savefig(tmp, dpi=90)
+        with fsutil.atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=90)
         plt.close(fig)
-        os.replace(tmp, path)
         return path
 
     def close(self) -> None:

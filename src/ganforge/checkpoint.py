@@ -2,15 +2,15 @@
 
 Layout: `checkpoints/step_000001234/` holding `weights.safetensors` (G, D and the EMA generator)
 and `state.pt` (optimizers, counters, RNG states, config; loadable with `weights_only=True`, and
-carrying the weights file's SHA-256). A checkpoint is written into a temporary folder, each file
-fsync'd, then renamed into place; older ones are pruned only after the new one is complete.
+carrying the weights file's SHA-256). A checkpoint is written through `fsutil.atomic_dir` (a
+temporary folder, each file fsync'd, then renamed into place; a folder it replaces, such as
+`best`, is moved aside first, never deleted first); older ones are pruned only after the new one
+is complete.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from ganforge import fsutil
 from ganforge.errors import CheckpointError
 
 PREFIX = "step_"
@@ -32,14 +33,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
     folder = Path(run_dir) / "checkpoints"
@@ -50,31 +43,31 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def save_checkpoint(run_dir: Path, *, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
                     keep: int, name: Optional[str] = None) -> Path:
+    """Write `checkpoints/step_<step>` (or `checkpoints/<name>`) atomically, then prune to the newest `keep`."""
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / (name or f"{PREFIX}{step:09d}")
-    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
-        state = dict(state, weights_sha256=_sha256(tmp / WEIGHTS))
-        torch.save(state, tmp / STATE)
-        for f in (tmp / WEIGHTS, tmp / STATE):
-            _fsync(f)
-        if final.exists():  # re-saving the same step (e.g. after a rollback): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(folder)
+        with fsutil.atomic_dir(final) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+            torch.save(dict(state, weights_sha256=_sha256(tmp / WEIGHTS)), tmp / STATE)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         previous = [p.name for p in list_checkpoints(run_dir)]
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(f"cannot write checkpoint {final} ({exc.strerror or exc}); {kept}") from None
     if name is None:
-        for old in [p for p in list_checkpoints(run_dir)][:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            fsutil.remove_dir(old)
     return final
+
+
+def newest_checkpoint_time(run_dir: Path) -> Optional[float]:
+    """When the run's newest checkpoint was written (its state file's own time), or None without one.
+
+    Reading a run (an evaluation, a copy of samples) changes the run folder's time but never this.
+    """
+    found = list_checkpoints(run_dir)
+    return (found[-1] / STATE).stat().st_mtime if found and (found[-1] / STATE).is_file() else None
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from ganforge import fsutil
 from ganforge.errors import ConfigError
 from ganforge.registry import Registry
 
@@ -293,7 +294,7 @@ def _upgrade(data: dict) -> dict:
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    fsutil.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def load_yaml(path: Path) -> Config:

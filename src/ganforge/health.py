@@ -1,7 +1,8 @@
-"""Training-health checks, run at each log interval (the only time the loop reads values back).
+"""Training-health checks, run at the end of each log window (the only time the loop reads values back).
 
-- A non-finite loss or weight means the state since the last checkpoint is unusable: the trainer
-  rolls back to that checkpoint and lowers the learning rates (`train.max_rollbacks` times at most).
+Checks return a verdict and never steer the loop themselves; the trainer acts on it in one place.
+- A non-finite loss or weight means the state since the last checkpoint is unusable: the verdict
+  is a rollback to that checkpoint with lower learning rates (`train.max_rollbacks` times at most).
 - The discriminator winning completely for a long stretch (D(G(z)) near 0 while D(x) near 1) and a
   collapse of the fixed-latent samples to nearly one image are warned about, once each.
 """
@@ -10,9 +11,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the loop does at the end of a log window: go on, roll back (and why), or stop (and why).
+
+    `exit_code` is what the command returns after a stop: 0 for a planned one (max_steps), 128 + the
+    signal number for a signal, as a shell reports a killed process.
+    """
+
+    rollback: str = ""
+    stop: str = ""
+    exit_code: int = 0
 
 
 class HealthGuard:
@@ -23,15 +38,21 @@ class HealthGuard:
         self._d_wins_since: int | None = None
         self.warned: set[str] = set()
 
-    @staticmethod
-    def finite_record(record: dict) -> bool:
-        return all(math.isfinite(record[k]) for k in ("loss_d", "loss_g") if k in record)
+    def check(self, record: dict, *, weights_finite: bool) -> str:
+        """Why the state since the last checkpoint must be rolled back, or "" when it is healthy."""
+        self.check_balance(record)
+        losses = {k: record[k] for k in ("loss_d", "loss_g") if k in record}  # no G step, no loss_g
+        if weights_finite and all(math.isfinite(v) for v in losses.values()):
+            return ""
+        shown = ", ".join(f"{k}={v}" for k, v in losses.items())
+        return f"non-finite loss or weight at step {record['step']} ({shown})"
 
     @staticmethod
     @torch.no_grad()
-    def finite_weights(modules: Iterable[torch.nn.Module]) -> bool:
+    def all_finite(modules: Iterable[torch.nn.Module]) -> torch.Tensor:
+        """A 0-d bool tensor on the modules' device (no host sync): every parameter is finite."""
         flags = [torch.isfinite(p).all() for m in modules for p in m.parameters()]
-        return bool(torch.stack(flags).all()) if flags else True
+        return torch.stack(flags).all() if flags else torch.tensor(True)
 
     def check_balance(self, record: dict) -> None:
         if not self.probabilities or "d_fake" not in record:

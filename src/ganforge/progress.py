@@ -21,9 +21,10 @@ class EpochBar:
             self.bar.update(1)
 
     def show(self, record: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or "loss_d" not in record:
             return
-        text = (f"loss_d {record['loss_d']:.3f}  loss_g {record['loss_g']:.3f}  D(x) {record['d_real']:.2f}  "
+        g = f"loss_g {record['loss_g']:.3f}  " if "loss_g" in record else ""  # absent: no G step in the window
+        text = (f"loss_d {record['loss_d']:.3f}  {g}D(x) {record['d_real']:.2f}  "
                 f"D(G(z)) {record['d_fake']:.2f}  {record['images_per_s']:.0f} img/s")
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)

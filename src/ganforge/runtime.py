@@ -12,21 +12,30 @@ import random
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ganforge.config import TrainConfig
-from ganforge.errors import ConfigError
+from ganforge.errors import ConfigError, GanforgeError
 
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place among the torchrun ranks, and every operation the ranks do together.
+
+    With one process (`world_size` 1) each method does nothing and returns its input, so callers
+    never branch on whether they run under torchrun.
+    """
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -35,6 +44,103 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device_name: str = "auto") -> "Dist":
+        """Join the torchrun process group when launched by torchrun; one process otherwise."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        info = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                   int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        if not dist.is_initialized():
+            use_nccl = device_name != "cpu" and torch.cuda.is_available()
+            if use_nccl:
+                torch.cuda.set_device(info.local_rank)
+            # torchrun can keep its key-value store across restarts (--max-restarts): without a prefix per
+            # attempt a restarted rank may read the dead group's addresses and fail to connect.
+            store, _, _ = next(dist.rendezvous("env://"))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group("nccl" if use_nccl else "gloo", store=dist.PrefixStore(f"attempt-{attempt}", store),
+                                    rank=info.rank, world_size=world)
+        return info
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over the ranks, in place (one all-reduce)."""
+        if self.enabled:
+            dist.all_reduce(values)
+        return values
+
+    def agree(self, sums: dict[str, torch.Tensor], counts: dict[str, int],
+              flags: list[torch.Tensor]) -> tuple[dict[str, float], list[int]]:
+        """One all-reduce and one host sync for a log window: each key's mean over every rank's steps
+        (`sums[k]` over `counts[k]` steps on each rank), and on how many ranks each boolean flag is set."""
+        keys = list(sums)  # the same keys in the same order on every rank: they run the same steps
+        device = flags[0].device
+        packed = torch.cat([torch.stack([sums[k].float() for k in keys]) if keys else torch.zeros(0, device=device),
+                            torch.tensor([counts[k] for k in keys], dtype=torch.float32, device=device),
+                            torch.stack([f.float() for f in flags])])
+        values = self.sum(packed).tolist()
+        n = len(keys)
+        return {k: s / c for k, s, c in zip(keys, values[:n], values[n:2 * n])}, [round(v) for v in values[2 * n:]]
+
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """See `average_gradients` (train_step calls that function directly)."""
+        average_gradients(module, self.world_size)
+
+    def average_buffers(self, *modules: torch.nn.Module) -> None:
+        """Average batch-norm running statistics so every rank (and the checkpoint) holds the same model."""
+        if self.enabled:
+            for b in (b for m in modules for b in m.buffers() if b.is_floating_point()):
+                dist.all_reduce(b)
+                b.div_(self.world_size)
+
+    def broadcast_modules(self, *modules: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank."""
+        if self.enabled:
+            for m in modules:
+                broadcast_module(m)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's value of a small picklable object, on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list:
+        """Every rank's value of a small picklable object, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def check_in_sync(self, *modules: torch.nn.Module) -> None:
+        """Refuse to checkpoint if the ranks' weights have drifted apart (they must be bit-identical)."""
+        if not self.enabled:
+            return
+        h = hashlib.sha256()
+        for t in (t for m in modules for t in m.state_dict().values()):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        if len(set(self.gather(h.hexdigest()))) != 1:
+            raise GanforgeError(f"the {self.world_size} ranks hold different weights; refusing to checkpoint")
+
+    def close(self) -> None:
+        """Leave the process group once every rank is done."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def command(self, args: str) -> str:
+        """The command line that starts this run's processes again with ganforge `args` (e.g. to resume)."""
+        if not self.enabled:
+            return f"ganforge {args}"
+        nodes = self.world_size // max(self.local_world_size, 1)
+        launcher = (f"torchrun --standalone --nproc_per_node={self.local_world_size}" if nodes == 1 else
+                    f"torchrun --nnodes={nodes} --nproc_per_node={self.local_world_size} <rendezvous options>")
+        return f"{launcher} -m ganforge {args}"
 
 
 def pick_device(name: str, *, local_rank: int = 0) -> torch.device:
@@ -69,17 +175,7 @@ def fast_bf16(device: torch.device) -> bool:
 
 
 def init_distributed(device_name: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun; a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    info = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        use_nccl = device_name != "cpu" and torch.cuda.is_available()
-        if use_nccl:
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_nccl else "gloo")
-    return info
+    return Dist.from_env(device_name)
 
 
 def cpu_threads(requested: int = 0, *, world_size: int = 1) -> int:
@@ -150,51 +246,36 @@ def average_gradients(module: torch.nn.Module, world_size: int) -> None:
         offset += g.numel()
 
 
-def average_buffers(module: torch.nn.Module, world_size: int) -> None:
-    """Average batch-norm running statistics so every rank (and the checkpoint) holds the same model."""
-    if world_size <= 1:
-        return
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b)
-            b.div_(world_size)
-
-
 def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers of `module` on every rank (Trainer.__init__ calls it directly)."""
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=0)
 
 
-def check_in_sync(modules: list[torch.nn.Module], info: Dist) -> None:
-    """Refuse to checkpoint if the ranks' weights have drifted apart (they must be bit-identical)."""
-    if not info.enabled:
-        return
-    h = hashlib.sha256()
-    for m in modules:
-        for t in m.state_dict().values():
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    digests: list = [None] * info.world_size
-    dist.all_gather_object(digests, h.hexdigest())
-    if len(set(digests)) != 1:
-        from ganforge.errors import GanforgeError
-
-        raise GanforgeError(f"the {info.world_size} ranks hold different weights; refusing to checkpoint")
-
-
 class GracefulStop:
-    """SIGINT/SIGTERM ask the loop to finish its step and checkpoint; a second SIGINT quits at once."""
+    """SIGINT/SIGTERM ask the loop to stop at the end of its log window and checkpoint.
+
+    The loop reads `signum` at each window end (agreed across ranks). A second signal at least a
+    second later quits at once, with the exit code of a killed process (130 for SIGINT, 143 for
+    SIGTERM); one sooner is the same request arriving twice (torchrun forwards the terminal's Ctrl-C
+    to workers that already got it).
+    """
 
     def __init__(self) -> None:
-        self.reason: str | None = None
+        self.signum: int = 0
+        self._since = 0.0
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.reason:
+        if self.signum and time.monotonic() - self._since >= 1.0:
             signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
-        self.reason = f"received {signal.Signals(signum).name}"
-        print(f"\n{self.reason}: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)",
-              file=sys.stderr, flush=True)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        if not self.signum:
+            self.signum, self._since = signum, time.monotonic()
+            print(f"\nreceived {signal.Signals(signum).name}: stopping at the end of this log window and writing "
+                  "a checkpoint (send it again to quit at once)", file=sys.stderr, flush=True)
 
     def install(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():

@@ -3,9 +3,15 @@
 Progress is counted in steps (one discriminator batch each) and in real images seen. One step
 draws fresh noise, updates D, and every `n_critic`-th step updates G (Goodfellow et al. 2014,
 Alg. 1; Gulrajani et al. 2017 for n_critic > 1). Losses stay on the device and are read back only
-every `log_every` steps, so the hot path never waits for the host. The quality switches of one
-step (DiffAugment, R1/R2, relativistic loss, EMA by half-life, the learning-rate decay) are
-config entries read in `train_step`; their modules cite the papers.
+at the end of a log window (every `log_every` steps, and at checkpoints, evaluations, epoch ends
+and max_steps), so the hot path never waits for the host. The quality switches of one step
+(DiffAugment, R1/R2, relativistic loss, EMA by half-life, the learning-rate decay) are config
+entries read in `train_step`; their modules cite the papers.
+
+At each window end the ranks agree, in one small all-reduce, on the window's mean losses, on
+whether any rank's weights turned non-finite and on whether any rank received a stop signal; the
+health guard and the stop rules turn that into one `Verdict`, which `_train` acts on in one place.
+So every rank rolls back, stops and checkpoints at the same step.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import signal
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,13 +35,15 @@ from ganforge.checkpoint import load_latest, save_checkpoint, split_prefix
 from ganforge.config import Config, save_yaml, to_dict
 from ganforge.data import DATASETS, load_dataset
 from ganforge.data.batches import DeviceBatches
-from ganforge.errors import ConfigError, GanforgeError
-from ganforge.health import HealthGuard
+from ganforge.errors import CheckpointError, ConfigError, GanforgeError
+from ganforge.health import HealthGuard, Verdict
 from ganforge.ema import ema_beta, update_ema
 from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
 from ganforge.models import build_models
 from ganforge.optim import OPTIMIZERS
+from ganforge.resume import check_ranks, check_resume
 from ganforge import runtime
+
 
 @dataclass
 class Progress:
@@ -50,21 +57,16 @@ class Progress:
     best_fid: float = math.inf  # lowest FID of the periodic evaluations (checkpoints/best)
 
 
-class Rollback(Exception):
-    """Raised inside the loop after the state was restored from the last good checkpoint."""
-
-
 class TrainingDiverged(GanforgeError):
     """The loss kept turning non-finite after every rollback."""
 
 
-class Stop(Exception):
-    """Raised inside the loop to end training early (signal or max_steps)."""
-
-
 class Trainer:
-    def __init__(self, cfg: Config, *, run_dir: Path, resume: bool = False, dist: runtime.Dist = runtime.Dist()):
+    def __init__(self, cfg: Config, *, run_dir: Path, resume: bool = False, dist: runtime.Dist = runtime.Dist(),
+                 allow_changes: bool = False):
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        # What a resume changes is checked before anything is built or written (ganforge.resume).
+        self.changes = check_resume(run_dir, cfg, allow=allow_changes) if resume else {}
         t = cfg.train
         runtime.configure(t, world_size=dist.world_size)
         self.device = runtime.pick_device(t.device, local_rank=dist.local_rank)
@@ -131,9 +133,8 @@ class Trainer:
         self.progress = Progress()
         self.resumed = resume
         if resume:
-            self._restore()
-        # Different noise on every rank, after the shared weight initialisation.
-        if not resume:
+            self._restore(allow_changes=allow_changes)
+        else:  # different noise on every rank, after the shared weight initialisation
             runtime.seed_everything(t.seed + 1 + dist.rank)
         self.log = RunLog(run_dir, resume_step=self.progress.step if resume else None) if dist.is_main else None
         self.health = HealthGuard(loss_has_probabilities=self.loss.probabilities)
@@ -141,7 +142,9 @@ class Trainer:
         # stopped early and resumed follows the same schedule.
         self.total_steps = t.epochs * self.batches.steps_per_epoch
         self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
         self._window = (time.perf_counter(), self.progress.images)
+        self._signals = runtime.GracefulStop()
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -156,18 +159,24 @@ class Trainer:
             return z.to(self.device), labels.to(self.device)
         return torch.randn(n, self.cfg.model.z_dim, generator=g).to(self.device), None
 
-    def _restore(self) -> Path:
+    def _restore(self, *, allow_changes: bool) -> Path:
+        """Load the newest good checkpoint (refusing one that does not fit) and return its path."""
         path, tensors, state = load_latest(self.run_dir, map_location="cpu")
         if state.get("data_shape", {}).get("size") != self.data_info["size"]:
             raise ConfigError(f"{path}: checkpoint is for {state['data_shape']} images; the data now gives "
                               f"{self.data_info['size']}x{self.data_info['size']}")
-        self.G.load_state_dict(split_prefix(tensors, "G."))
-        self.D.load_state_dict(split_prefix(tensors, "D."))
-        if self.G_ema is not None:
-            self.G_ema.load_state_dict(split_prefix(tensors, "G_ema.") or split_prefix(tensors, "G."))
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.progress = Progress(**state["progress"])
+        self.changes.update(check_ranks(state, self.dist.world_size, run_dir=self.run_dir, allow=allow_changes))
+        try:
+            self.G.load_state_dict(split_prefix(tensors, "G."))
+            self.D.load_state_dict(split_prefix(tensors, "D."))
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(split_prefix(tensors, "G_ema.") or split_prefix(tensors, "G."))
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = next((s.strip() for s in str(exc).splitlines()[1:] if s.strip()), str(exc))
+            raise CheckpointError(f"{path}: does not fit this model and optimizer ({detail})") from None
+        vars(self.progress).update(vars(Progress(**state["progress"])))  # in place: the loop holds it
         self._apply_lr_scale()
         runtime.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
         if self.dist.is_main:
@@ -248,112 +257,137 @@ class Trainer:
         update_ema(self.G_ema, self.G, beta)
 
     def _accumulate(self, **values: torch.Tensor) -> None:
+        """Add step values to the window's sums; each key is averaged over the steps that reported it."""
         for k, v in values.items():
             v = v.detach().float()
             self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
-        self._sums["d_steps"] = self._sums.get("d_steps", 0) + ("loss_d" in values)
+            self._counts[k] = self._counts.get(k, 0) + 1
 
     # ------------------------------------------------------------------ loop
 
-    def run(self) -> Path:
-        t, p = self.cfg.train, self.progress
+    def run(self) -> Verdict:
+        """Train until the last epoch or a stop; the returned verdict says why it stopped ("" when it finished)."""
+        p = self.progress
         if self.dist.is_main:
             self._write_static()
+            if self.changes:
+                self.log.log({"step": p.step, "event": "resume", "changed": self.changes})
         if not self.resumed:
             self.save()  # a rollback target from the very start
-        self._signals = runtime.GracefulStop().install()
+        self._signals.install()
         self._start_wall = time.perf_counter() - p.wall
-        stopped = None
         try:
-            while p.epoch < t.epochs:
-                try:
-                    self._run_epoch()
-                except Rollback:
-                    continue
-                p.epoch += 1
-                p.pos = 0
-                self._end_of_epoch(force=p.epoch == t.epochs)
-        except Stop as stop:
-            stopped = str(stop)
-            if self._sums:
-                self._flush_log()
-            self._end_of_epoch(force=True, partial=True)
+            verdict = self._train()
+        except OSError as exc:  # a full or vanished disk while logging: the last checkpoint is intact
+            raise GanforgeError(f"cannot write {exc.filename or self.run_dir} ({exc.strerror or exc}); free space, "
+                                f"then resume from the last checkpoint: --resume {self.run_dir}") from None
         finally:
             self._signals.uninstall()
             if self.log is not None:
                 self.log.close()
         if self.dist.is_main:
-            done = f"stopped: {stopped}" if stopped else "finished"
+            done = f"stopped: {verdict.stop}" if verdict.stop else "finished"
             print(f"{done} at step {p.step} ({p.images / 1000:.1f} kimg, {p.wall:.0f} s); run folder: {self.run_dir}",
                   flush=True)
-            if stopped and self._signals.reason:
-                print(f"resume with: ganforge train --resume {self.run_dir}", flush=True)
-        return self.run_dir
+        return verdict
 
-    def _run_epoch(self) -> None:
+    def _train(self) -> Verdict:
+        """The loop. Every decision (roll back, stop, checkpoint, evaluate) is taken here, at a window end."""
         from ganforge.progress import EpochBar
 
         t, p = self.cfg.train, self.progress
-        bar = EpochBar(epoch=p.epoch, epochs=t.epochs, total=self.batches.steps_per_epoch, start=p.pos,
-                       enabled=self.dist.is_main)
-        try:
-            for x, labels in self.batches.epoch(p.epoch, start=p.pos):
-                self.G.train()
-                self.train_step(x, labels)
-                seen = x.shape[0] * self.dist.world_size
-                p.step += 1
-                p.pos += 1
-                p.images += seen
-                if self.evaluator is not None and self.evaluator.due_images(p.images - seen, p.images):
-                    self._evaluate(epoch=p.epoch + p.pos / self.batches.steps_per_epoch)
-                p.wall = time.perf_counter() - self._start_wall
-                bar.update()
-                if p.step % t.log_every == 0:
-                    bar.show(self._flush_log())
-                if t.checkpoint_steps and p.step % t.checkpoint_steps == 0 and p.pos < self.batches.steps_per_epoch:
-                    self.save()
-                if t.max_steps and p.step >= t.max_steps:
-                    raise Stop(f"reached train.max_steps={t.max_steps}")
-                if self._signals.reason:
-                    raise Stop(self._signals.reason)
-        finally:
-            bar.close()
+        steps = self.batches.steps_per_epoch
+        if t.max_steps and p.step >= t.max_steps:  # a resume past --max-steps: not one step more
+            return Verdict(stop=f"reached train.max_steps={t.max_steps}")
+        while p.epoch < t.epochs:
+            verdict = Verdict()
+            bar = EpochBar(epoch=p.epoch, epochs=t.epochs, total=steps, start=p.pos, enabled=self.dist.is_main)
+            try:
+                for x, labels in self.batches.epoch(p.epoch, start=p.pos):
+                    seen_before = p.images
+                    self._step(x, labels)
+                    bar.update()
+                    due = {"evaluate": self.evaluator is not None and self.evaluator.due_images(seen_before, p.images),
+                           "save": t.checkpoint_steps > 0 and p.step % t.checkpoint_steps == 0,
+                           "epoch_done": p.pos == steps}
+                    if not (any(due.values()) or p.step % t.log_every == 0 or (t.max_steps and p.step >= t.max_steps)):
+                        continue
+                    verdict = self._end_window()
+                    if verdict.rollback:
+                        break
+                    bar.show(self.log.history[-1] if self.log is not None else {})
+                    self._after_window(**due, stop=bool(verdict.stop))
+                    if verdict.stop:
+                        return verdict
+            finally:
+                bar.close()
+            if verdict.rollback:
+                self._rollback(verdict.rollback)  # the epoch loop then restarts from the restored position
+        return Verdict()
 
-    def _flush_log(self) -> dict:
-        sums = {k: (v if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in self._sums.items()}
-        self._sums = {}
-        keys = sorted(sums)
-        values = dict(zip(keys, torch.stack([sums[k].float().cpu() for k in keys]).tolist()))  # one host sync
-        n_d, n_g = max(values.pop("d_steps", 1), 1), max(values.pop("g_steps", 0), 1)
-        now = time.perf_counter()
+    def _step(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
         p = self.progress
+        self.G.train()
+        self.train_step(x, labels)
+        p.step += 1
+        p.pos += 1
+        p.images += x.shape[0] * self.dist.world_size
+        p.wall = time.perf_counter() - self._start_wall
+
+    def _end_window(self) -> Verdict:
+        """Agree with the other ranks on the window (one all-reduce), log it on rank 0 and judge it."""
+        t, p = self.cfg.train, self.progress
+        asked = [torch.tensor(self._signals.signum == s, device=self.device) for s in (signal.SIGINT, signal.SIGTERM)]
+        means, (sigint, sigterm, bad_weights) = self.dist.agree(
+            self._sums, self._counts, [*asked, ~HealthGuard.all_finite([self.G, self.D])])
+        self._sums, self._counts = {}, {}
+        now = time.perf_counter()
         rate = (p.images - self._window[1]) / max(now - self._window[0], 1e-9)
         self._window = (now, p.images)
+        # A window without a generator step (n_critic > 1) has no G loss: the key is absent, not NaN.
+        means.pop("g_steps", None)
         record = {"step": p.step, "epoch": p.epoch + p.pos / self.batches.steps_per_epoch, "kimg": p.images / 1000,
-                  "loss_d": values.get("loss_d", math.nan) / n_d, "loss_g": values.get("loss_g", math.nan) / n_g,
-                  "d_real": values.get("d_real", math.nan) / n_d, "d_fake": values.get("d_fake", math.nan) / n_d,
-                  "images_per_s": rate, "time": p.wall}
-        if not self.health.finite_record(record) or not self.health.finite_weights([self.G, self.D]):
-            self._rollback(f"non-finite loss or weight at step {p.step} "
-                           f"(loss_d={record['loss_d']}, loss_g={record['loss_g']})")
-        self.health.check_balance(record)
-        if self.log is not None:
+                  **means, "images_per_s": rate, "time": p.wall}
+        rollback = self.health.check(record, weights_finite=not bad_weights)
+        if self.log is not None and not rollback:
             self.log.log(record)
-        return record
+        if sigint or sigterm:
+            signum = signal.SIGTERM if sigterm else signal.SIGINT
+            return Verdict(rollback, stop=f"received {signal.Signals(signum).name}", exit_code=128 + signum)
+        if t.max_steps and p.step >= t.max_steps:
+            return Verdict(rollback, stop=f"reached train.max_steps={t.max_steps}")
+        return Verdict(rollback)
+
+    def _after_window(self, *, evaluate: bool, save: bool, epoch_done: bool, stop: bool) -> None:
+        """What a healthy window end calls for: evaluation, epoch end (samples), checkpoint."""
+        t, p = self.cfg.train, self.progress
+        if evaluate:
+            self._evaluate(epoch=p.epoch + p.pos / self.batches.steps_per_epoch)
+        if epoch_done:
+            p.epoch, p.pos = p.epoch + 1, 0
+        last = epoch_done and p.epoch == t.epochs
+        save = save or stop or last or (epoch_done and p.epoch % t.checkpoint_every == 0)
+        if epoch_done or save:  # per-rank batch-norm statistics, averaged before samples and checkpoints
+            self.dist.average_buffers(*self._models())
+        if self.log is not None and (stop or last or (epoch_done and p.epoch % t.sample_every == 0)):
+            self._write_samples()
+        if save:
+            self.save()
+        if epoch_done and self.evaluator is not None and self.evaluator.due_epoch(p.epoch):
+            self._evaluate(epoch=p.epoch)
 
     def _rollback(self, reason: str) -> None:
-        """Restore the last good checkpoint with lower learning rates, or stop after too many tries."""
+        """Restore the last good checkpoint with lower learning rates, or give up after too many tries."""
         t, p = self.cfg.train, self.progress
         if p.rollbacks >= t.max_rollbacks:
             raise TrainingDiverged(f"{reason}; gave up after {p.rollbacks} rollbacks (train.max_rollbacks). "
                                    f"Lower optim.lr_g / optim.lr_d or change the loss, then resume from "
                                    f"{self.run_dir}")
         rollbacks, lr_scale = p.rollbacks + 1, p.lr_scale * t.rollback_lr_factor
-        path = self._restore()
-        p = self.progress
+        path = self._restore(allow_changes=True)
         p.rollbacks, p.lr_scale = rollbacks, lr_scale
         self._apply_lr_scale()
-        self._sums = {}
+        self._sums, self._counts = {}, {}
         self._start_wall = time.perf_counter() - p.wall
         if self.log is not None:
             self.log.truncate(p.step)
@@ -361,12 +395,14 @@ class Trainer:
                           "lr_scale": lr_scale})
         warnings.warn(f"{reason}: rolled back to {path.name} and scaled the learning rates by {lr_scale:g} "
                       f"(rollback {rollbacks} of {t.max_rollbacks})", stacklevel=2)
-        raise Rollback
 
     def _apply_lr_scale(self) -> None:
         for opt, lr in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr * self.progress.lr_scale
+
+    def _models(self) -> list[nn.Module]:
+        return [m for m in (self.G, self.D, self.G_ema) if m is not None]
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
@@ -378,24 +414,16 @@ class Trainer:
         g.train(was_training)
         return out.float()
 
-    def _end_of_epoch(self, *, force: bool = False, partial: bool = False) -> None:
-        t, p = self.cfg.train, self.progress
-        epoch_done = p.epoch if not partial else p.epoch + 1
-        runtime.average_buffers(self.G, self.dist.world_size)
-        runtime.average_buffers(self.D, self.dist.world_size)
-        if self.log is not None and (force or p.epoch % t.sample_every == 0):
-            images = self.sample(self.fixed_z, self.fixed_labels)
-            if p.images >= 50_000:  # an untrained G is legitimately near-constant; judge it only later
-                self.health.check_diversity(images[:64], self.real_preview[:64].float() / 127.5 - 1, step=p.step)
-            nrow = 8
-            self.log.save_grid(images, f"epoch_{epoch_done:04d}.png", step=p.step, nrow=nrow)
-            if self.num_classes:
-                self.log.save_grid(images, "classes.png", step=p.step, nrow=nrow, tag="classes")
-            self.log.plot_losses(probabilities=self.health.probabilities)
-        if force or p.epoch % t.checkpoint_every == 0:
-            self.save()
-        if self.evaluator is not None and not partial and self.evaluator.due_epoch(epoch_done):
-            self._evaluate(epoch=epoch_done)
+    def _write_samples(self) -> None:
+        p = self.progress
+        images = self.sample(self.fixed_z, self.fixed_labels)
+        if p.images >= 50_000:  # an untrained G is legitimately near-constant; judge it only later
+            self.health.check_diversity(images[:64], self.real_preview[:64].float() / 127.5 - 1, step=p.step)
+        label = p.epoch if p.pos == 0 else p.epoch + 1  # the epoch these weights finished or are inside
+        self.log.save_grid(images, f"epoch_{label:04d}.png", step=p.step, nrow=8)
+        if self.num_classes:
+            self.log.save_grid(images, "classes.png", step=p.step, nrow=8, tag="classes")
+        self.log.plot_losses(probabilities=self.health.probabilities)
 
     def _evaluate(self, *, epoch: float) -> None:
         """Log a small-N evaluation; keep the checkpoint with the lowest FID as checkpoints/best."""
@@ -403,7 +431,7 @@ class Trainer:
 
         p = self.progress
         g = self.G_ema if self.G_ema is not None else self.G
-        runtime.average_buffers(g, self.dist.world_size)  # the same generator on every rank, in eval mode too
+        self.dist.average_buffers(g)  # the same generator on every rank, in eval mode too
         values = self.evaluator(g, step=p.step)
         if self.log is not None:
             self.log.log({"step": p.step, "epoch": epoch, **values})
@@ -413,17 +441,13 @@ class Trainer:
             self.save(name="best")
 
     def save(self, *, name: Optional[str] = None) -> Optional[Path]:
-        # Never write a checkpoint holding NaNs: it would become the rollback target.
-        if not self.health.finite_weights([self.G, self.D]):
-            self._rollback(f"non-finite weights at step {self.progress.step}")
-        # Every rank's RNG goes into the checkpoint so a resumed DDP run draws the same noise.
-        states = [runtime.rng_state()]
-        if self.dist.enabled and name is None:  # a named copy (best) is written by rank 0 alone
-            gathered: list = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(gathered, states[0])
-            states = gathered
-        if name is None:
-            runtime.check_in_sync([self.G, self.D], self.dist)
+        """Checkpoint the full state (rank 0 writes); called only after a healthy window end."""
+        # Every rank's RNG goes into the checkpoint so a resumed multi-rank run draws the same noise.
+        if name is None:  # a named copy (best) is written by rank 0 alone
+            states = self.dist.gather(runtime.rng_state())
+            self.dist.check_in_sync(self.G, self.D)
+        else:
+            states = [runtime.rng_state()]
         if not self.dist.is_main:
             return None
         tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -21,8 +22,11 @@ def _positive(text: str) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a GAN from a preset", description="Train a GAN from a preset.")
-    p.add_argument("--preset", default="demo", help="a name from `ganforge presets` (default: demo)")
+    p = sub.add_parser("train", help="train a GAN from a preset", description="Train a GAN from a preset.",
+                       epilog="Exit codes: 0 finished (or reached --max-steps), 2 a problem with the input, "
+                              "130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM; a stopped run wrote a "
+                              "checkpoint and continues with --resume.")
+    p.add_argument("--preset", help="a name from `ganforge presets` (default: demo)")
     p.add_argument("--data-dir", help="folder with the dataset's files (sets data.root)")
     p.add_argument("--out", default="runs", help="parent folder of run folders (default: runs/)")
     p.add_argument("--name", help="run folder name (default: the preset's name)")
@@ -31,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder, or `auto`: the latest run of --name")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run folder; `auto`: the run of --name with the most recently written checkpoint, "
+                        "or a new run of that name when none has a checkpoint (what torchrun --max-restarts needs)")
+    p.add_argument("--allow-change", action="store_true",
+                   help="let a resume change the batch size, seed, data set or number of processes "
+                        "(recorded in metrics.jsonl); without it such a resume is refused")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set model.z_dim=64 (repeatable)")
     p.set_defaults(func=cmd_train)
@@ -41,7 +50,9 @@ def build_config(args: argparse.Namespace, *, base=None):
     """The resolved config: preset (or the resumed run's config), then flags, then --set."""
     from ganforge.config import apply_override, preset_config, validate
 
-    cfg = base if base is not None else preset_config(args.preset)
+    cfg = base if base is not None else preset_config(args.preset or "demo")
+    if base is not None and args.preset:
+        cfg.preset = args.preset  # a resume refuses another preset; this lets the check see the request
     flags = {"data.root": args.data_dir, "train.epochs": args.epochs, "train.max_steps": args.max_steps,
              "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device}
     for key, value in flags.items():
@@ -53,52 +64,98 @@ def build_config(args: argparse.Namespace, *, base=None):
     return cfg
 
 
+def _resume_dir(args: argparse.Namespace, out: Path) -> Optional[Path]:
+    """The run folder to continue, or None for a new run."""
+    from ganforge.resume import latest_run_dir
+
+    if not args.resume:
+        return None
+    if args.resume == "auto":
+        name = args.name or args.preset or "demo"
+        return latest_run_dir(out, name)
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml in it)")
+    return run_dir
+
+
+def _writable(folder: Path, flag: str) -> None:
+    """One line, before any work, when nothing can be written under `folder`."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optional[Path]):
+    """Rank 0: the run folder (created for a new run) and its lock, held until the process ends."""
+    from ganforge.artifacts import unique_run_dir
+    from ganforge.fsutil import FolderBusy, FolderLock, clean_stale
+
+    name = args.name or cfg.preset
+    if resume_dir is not None:
+        run_dir = resume_dir
+    elif args.resume == "auto":  # the first start of an elastic run: always the same folder
+        print(f"--resume auto: no run named {name!r} with a checkpoint under {out}/; starting it", flush=True)
+        run_dir = out / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = unique_run_dir(out, name)
+    try:
+        lock = FolderLock(run_dir)
+    except FolderBusy as exc:
+        raise ConfigError(f"{exc}; two trainings in one run folder would overwrite each other's files. "
+                          f"Wait for it to end, or stop it (it checkpoints on Ctrl-C)") from None
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
+        clean_stale(folder)  # what killed writers left: safe now that no other process writes here
+    return run_dir, lock
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from ganforge.artifacts import latest_run_dir, unique_run_dir
     from ganforge.config import format_config, load_yaml
-    from ganforge.runtime import init_distributed
+    from ganforge.errors import GanforgeError
+    from ganforge.runtime import Dist
     from ganforge.train import Trainer
 
     out = Path(args.out)
-    resume_dir: Optional[Path] = None
-    if args.resume:
-        if args.resume == "auto":
-            name = args.name or args.preset
-            resume_dir = latest_run_dir(out, name)
-            if resume_dir is None:
-                raise ConfigError(f"--resume auto: no run named {name!r} with a checkpoint under {out}/")
-        else:
-            resume_dir = Path(args.resume)
-            if not (resume_dir / "config.yaml").is_file():
-                raise ConfigError(f"--resume {resume_dir}: not a run folder (no config.yaml in it)")
-        cfg = build_config(args, base=load_yaml(resume_dir / "config.yaml"))
-    else:
-        cfg = build_config(args)
-
-    dist = init_distributed(cfg.train.device)
-    if resume_dir is not None:
-        run_dir = resume_dir
-    else:
-        run_dir = unique_run_dir(out, args.name or cfg.preset)
-        if dist.enabled:  # every rank must agree on the folder rank 0 creates
-            import torch.distributed as tdist
-
-            shared = [run_dir]
-            tdist.broadcast_object_list(shared, src=0)
-            run_dir = shared[0]
+    resume_dir = _resume_dir(args, out)
+    _writable(resume_dir or out, "--resume" if resume_dir else "--out")
+    cfg = build_config(args, base=load_yaml(resume_dir / "config.yaml") if resume_dir else None)
+    dist = Dist.from_env(cfg.train.device)
+    # Rank 0 claims and locks the folder; every rank takes its answer, or its error, so all decide alike.
+    claim = lock = None
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        print(f"ganforge {__version__}: preset {cfg.preset!r} -> {run_dir}")
-        print(format_config(cfg), flush=True)
-    trainer = Trainer(cfg, run_dir=run_dir, resume=resume_dir is not None, dist=dist)
-    trainer.run()
+        try:
+            run_dir, lock = _claim_run_dir(args, cfg, out, resume_dir)
+            claim = ("ok", run_dir)
+        except (GanforgeError, OSError) as exc:
+            claim = ("error", str(exc))
+    status, value = dist.broadcast(claim)
+    if status == "error":
+        raise ConfigError(value)
+    run_dir = value
+    try:
+        if dist.is_main:
+            print(f"ganforge {__version__}: preset {cfg.preset!r} -> {run_dir}")
+            print(format_config(cfg), flush=True)
+        trainer = Trainer(cfg, run_dir=run_dir, resume=resume_dir is not None, dist=dist,
+                          allow_changes=args.allow_change)
+        verdict = trainer.run()
+    finally:
+        if lock is not None:
+            lock.release()
+    if verdict.exit_code and dist.enabled:
+        # A stopped rank that exits first makes torchrun SIGTERM the others; they have checkpointed already.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if dist.is_main:
+        if verdict.exit_code:
+            print(f"resume with: {dist.command(f'train --resume {run_dir}')}", flush=True)
         last = sorted((run_dir / "samples").glob("epoch_*.png"))
         print("open:", *(str(p) for p in [last[-1] if last else None, run_dir / "loss_curves.png"] if p),
               f"tensorboard --logdir {run_dir.parent}", sep="\n  ")
-    if dist.enabled:
-        import torch.distributed as tdist
-
-        tdist.barrier()
-        tdist.destroy_process_group()
-    return 0
+    dist.close()
+    return verdict.exit_code
