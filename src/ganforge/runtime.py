@@ -85,7 +85,7 @@ class Dist:
         return {k: s / c for k, s, c in zip(keys, values[:n], values[n:2 * n])}, [round(v) for v in values[2 * n:]]
 
     def average_gradients(self, module: torch.nn.Module) -> None:
-        """See `average_gradients` (train_step calls that function directly)."""
+        """See `average_gradients`."""
         average_gradients(module, self.world_size)
 
     def average_buffers(self, *modules: torch.nn.Module) -> None:
@@ -247,7 +247,7 @@ def average_gradients(module: torch.nn.Module, world_size: int) -> None:
 
 
 def broadcast_module(module: torch.nn.Module) -> None:
-    """Rank 0's parameters and buffers of `module` on every rank (Trainer.__init__ calls it directly)."""
+    """Rank 0's parameters and buffers of `module` on every rank."""
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=0)
 

@@ -104,9 +104,7 @@ class Trainer:
             self.D = nn.SyncBatchNorm.convert_sync_batchnorm(self.D)
         self.G.to(self.device)
         self.D.to(self.device)
-        if dist.enabled:  # identical starting weights on every rank, whatever the platform's RNG did
-            runtime.broadcast_module(self.G)
-            runtime.broadcast_module(self.D)
+        dist.broadcast_modules(self.G, self.D)  # identical starting weights on every rank, whatever the RNG did
         if t.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -217,7 +215,7 @@ class Trainer:
             loss_d = loss_d + cfg.loss.gp_weight * gp
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        runtime.average_gradients(self.D, self.dist.world_size)
+        self.dist.average_gradients(self.D)
         self.opt_d.step()
         # D(x), D(G(z)): probabilities for the sigmoid losses, raw critic values for the others.
         squash = torch.sigmoid if self.health.probabilities else (lambda v: v)
@@ -232,10 +230,10 @@ class Trainer:
                 loss_g = self.loss.g_loss(self.d_step_fn(aug(fake), fake_labels).float(), real_logits)
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
-            runtime.average_gradients(self.G, self.dist.world_size)
+            self.dist.average_gradients(self.G)
             self.opt_g.step()
             self._update_ema(images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic)
-            self._accumulate(loss_g=loss_g, g_steps=torch.ones((), device=self.device))
+            self._accumulate(loss_g=loss_g)
 
     def _schedule_lr(self) -> None:
         """Linear decay of both learning rates over the last part of training (optim.lr_decay_start)."""
@@ -345,7 +343,6 @@ class Trainer:
         rate = (p.images - self._window[1]) / max(now - self._window[0], 1e-9)
         self._window = (now, p.images)
         # A window without a generator step (n_critic > 1) has no G loss: the key is absent, not NaN.
-        means.pop("g_steps", None)
         record = {"step": p.step, "epoch": p.epoch + p.pos / self.batches.steps_per_epoch, "kimg": p.images / 1000,
                   **means, "images_per_s": rate, "time": p.wall}
         rollback = self.health.check(record, weights_finite=not bad_weights)
