@@ -112,6 +112,7 @@ def test_cas_of_real_labelled_images_is_close_to_real_accuracy(copier):
     assert u["real_accuracy"] > 0.85
     assert abs(u["cas"] - u["real_accuracy"]) < 0.04
     assert u["n_test"] == 2000 and "seed 0" in u["recipe"]
+    assert u["label_agreement"] > 0.95      # the shipped classifier agrees with the real labels
 
 
 def test_generator_returning_test_images_scores_like_the_real_baseline(mnist):

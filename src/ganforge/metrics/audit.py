@@ -1,8 +1,8 @@
 """Pure functions over features for auditing synthetic images: memorisation and coverage.
 
 - Nearest-neighbour search of many query rows against a large reference set (60,000 training
-  images) by blocked matrix products: ||q - r||² = ||q||² - 2 q·r + ||r||², a running minimum
-  over reference blocks, no Python loop over pairs. The winning distance is then recomputed
+  images) by blocked matrix products: argmin ||q - r||² = argmin (||r||² - 2 q·r), a running
+  minimum over reference blocks, no Python loop over pairs. The winning distance is then recomputed
   exactly, so a verbatim copy has distance 0, not float32 round-off.
 - Authenticity (Alaa et al. 2022, "How Faithful is your Synthetic Data? Sample-level Metrics
   for Evaluating and Auditing Generative Models"): a sample is inauthentic when it is at least
@@ -54,9 +54,10 @@ def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, *, exclude_
     best_idx = torch.zeros(len(q), dtype=torch.int64)
     for i in range(0, len(q), query_block):
         qb = q[i: i + query_block]
-        qb_sq = (qb * qb).sum(1, keepdim=True)
         for j in range(0, len(r), reference_block):
-            d2 = qb_sq - 2.0 * (qb @ r[j: j + reference_block].T) + r_sq[None, j: j + reference_block]
+            # ||r||² - 2 q·r in one fused product: ||q||² is the same along a row, so it does not
+            # change which reference row wins, and the winner's distance is recomputed below.
+            d2 = torch.addmm(r_sq[None, j: j + reference_block], qb, r[j: j + reference_block].T, alpha=-2.0)
             if exclude_self is not None:
                 own = exclude_self[i: i + query_block] - j
                 hit = (own >= 0) & (own < d2.shape[1])

@@ -192,6 +192,7 @@ def audit(*, generate: Callable, n: int, train: ImageData, heldout: ImageData, d
     record["seconds"]["generate"] = round(t_generate, 3)
 
     # 3. the class histogram with the shipped classifier.
+    agreement = None
     if _has_classifier(dataset):
         from ganforge.metrics.classifier import CLASSIFIER_FOR, ShippedClassifier
 
@@ -201,6 +202,8 @@ def audit(*, generate: Callable, n: int, train: ImageData, heldout: ImageData, d
         pred = {"g": _embed(predict, fake, None, ""), "r": _embed(predict, real, None, "")}
         hg, hr = A.class_histogram(pred["g"], k), A.class_histogram(pred["r"], k)
         result.histograms = (hg, hr)
+        if fake_labels is not None:  # how often the shipped classifier sees the digit that was asked for
+            agreement = float((pred["g"] == fake_labels).double().mean())
         record["coverage"]["class_histogram"] = {
             "generated": [round(float(v), 5) for v in hg], "real": [round(float(v), 5) for v in hr],
             "total_variation": A.total_variation(hg, hr), "classes": list(train.class_names) or list(range(k)),
@@ -211,6 +214,8 @@ def audit(*, generate: Callable, n: int, train: ImageData, heldout: ImageData, d
 
     # 4. utility: CAS for conditional models.
     record["utility"] = _utility(fake, fake_labels, num_classes, train, heldout, train_idx, recipe, base, split, log)
+    if agreement is not None:
+        record["utility"]["label_agreement"] = agreement
     record["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     record["verdict"] = verdicts(record)
     result.record = record
@@ -255,7 +260,9 @@ def verdicts(record: dict) -> dict[str, str]:
     u = record["utility"]
     out["utility"] = (f"not applicable: {u['not_applicable']}" if "not_applicable" in u else
                       f"CAS {u['cas']:.3f} vs {u['real_accuracy']:.3f} for real images "
-                      f"({u['ratio']:.0%} of real utility)")
+                      f"({u['ratio']:.0%} of real utility)" + (
+                          f"; the shipped classifier sees the requested class in {u['label_agreement']:.0%} "
+                          f"of generated images" if "label_agreement" in u else ""))
     lines = []
     for name, m in record["memorisation"].items():
         g, r = m["generated"], m["real_baseline"]
