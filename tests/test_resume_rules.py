@@ -12,6 +12,7 @@ import torch
 
 from conftest import TINY, run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from ganforge.config import preset_config
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def snapshot(run):
     (["--set", "optim.name=sgd"], "optim.name"),
     (["--set", "model.z_dim=64"], "model.z_dim"),
     (["--set", "model.g_channels=16"], "model.g_channels"),
-    (["--set", "model.conditional=true"], "model.conditional"),
+    (["--set", f"model.conditional={not preset_config('demo').model.conditional}"], "model.conditional"),
     (["--preset", "mnist-dcgan"], "preset"),
 ])
 def test_a_resume_cannot_change_architecture_optimizer_or_preset(run, capsys, flags, key):

@@ -77,8 +77,9 @@ def test_saved_generator_reproduces_outputs(tmp_path, tiny_args):
     cfg, g = load_generator(tmp_path / "r")
     cfg2, g2 = load_generator(tmp_path / "r", checkpoint=list_checkpoints(tmp_path / "r")[-1])
     z = torch.randn(4, cfg.model.z_dim)
-    assert torch.equal(g(z), g2(z))
-    assert g(z).shape == (4, 1, 28, 28)
+    labels = torch.arange(4) if cfg.model.conditional else None  # the demo preset is conditional
+    assert torch.equal(g(z, labels), g2(z, labels))
+    assert g(z, labels).shape == (4, 1, 28, 28)
 
 
 def test_eval_every_logs_metrics_and_keeps_best(tmp_path, tiny_args):
