@@ -33,7 +33,7 @@ log = logging.getLogger("ganforge.data")
 # Bump when a reader's output changes for the same inputs (new crop rule, new resize filter...).
 READER_VERSION = 3  # 2: mnist-5k rows interleaved by class; 3: 16-bit PNGs scaled, EXIF orientation applied
 
-_warned: set[str] = set()
+_warned = False  # the unwritable-cache warning is said once per process
 
 
 def arrays_dir() -> Path:
@@ -47,10 +47,11 @@ def cached_files() -> list[Path]:
 
 
 def cache_unavailable(folder: Path, error: BaseException) -> None:
-    """Say once per folder that the cache cannot be written; the caller goes on without it."""
-    if str(folder) in _warned:
+    """Say once that the cache cannot be written; the caller goes on without it."""
+    global _warned
+    if _warned:
         return
-    _warned.add(str(folder))
+    _warned = True
     log.warning("warning: cache folder %s is not writable (%s); going on without a cache (set GANFORGE_CACHE "
                 "to a writable folder to keep decoded data and reference statistics)", folder,
                 f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}")

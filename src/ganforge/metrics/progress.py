@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Callable, Optional
 
+QUIET_BELOW = 10.0  # seconds: a shorter evaluation gets its estimate line but no progress display
+
 
 def duration(seconds: float) -> str:
     """`45 s`, `3 min 05 s`, `1 h 12 min`."""
@@ -33,7 +35,9 @@ class Progress:
         self.total, self.done, self.log = max(total, 1e-9), 0.0, log
         self.start, self.next_line = time.perf_counter(), 0.1
         self.bar = None
-        if log is not None and (sys.stderr.isatty() if tty is None else tty):
+        if total < QUIET_BELOW:
+            self.log = None
+        elif log is not None and (sys.stderr.isatty() if tty is None else tty):
             from tqdm import tqdm
 
             self.bar = tqdm(total=round(self.total, 3), file=sys.stderr, leave=False, dynamic_ncols=True,
