@@ -96,6 +96,7 @@ def test_every_evaluation_is_kept(runs, capsys):
     (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda, cuda:N or mps"),
     (["--json", "{tmp}"], "is a folder; give a file name"),
     (["--json", "{tmp}/file.txt/eval.json"], "cannot write there"),
+    (["--json", "/dev/null"], "--json /dev/null: not a regular file"),
     (["--data-dir", "{tmp}"], "dataset 'mnist-5k' does not read it"),
     (["--data-dir", "{tmp}/missing"], "missing: no such file or directory"),
 ])

@@ -38,6 +38,8 @@ def check_output(run_dir: Path, json_path: Optional[Path]) -> None:
     if json_path is not None:
         if json_path.is_dir():
             raise ConfigError(f"--json {json_path}: is a folder; give a file name such as {json_path / 'eval.json'}")
+        if json_path.exists() and not json_path.is_file():  # /dev/null, a pipe: renaming over it would replace it
+            raise ConfigError(f"--json {json_path}: not a regular file; give a file name")
         check_writable(json_path.parent, "--json")
         return
     if (run_dir / FOLDER).exists() and not (run_dir / FOLDER).is_dir():

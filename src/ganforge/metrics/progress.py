@@ -33,7 +33,7 @@ class Progress:
     def __init__(self, total: float, *, log: Optional[Callable[[str], None]], tty: Optional[bool] = None):
         self.estimate, self.elapsed = total, 0.0
         self.total, self.done, self.log = max(total, 1e-9), 0.0, log
-        self.start, self.next_line = time.perf_counter(), 0.1
+        self.start, self.next_line = time.perf_counter(), 1   # in tenths of the work
         self.bar = None
         if total < QUIET_BELOW:
             self.log = None
@@ -47,12 +47,11 @@ class Progress:
         self.done = min(self.total, self.done + cost)
         if self.bar is not None:
             self.bar.update(round(self.done - self.bar.n, 3))
-        elif self.log is not None and self.done / self.total >= self.next_line:
+        elif self.log is not None and 10 * self.done >= self.next_line * self.total:
             fraction = self.done / self.total
             left = (time.perf_counter() - self.start) * (1 - fraction) / max(fraction, 1e-9)
             self.log(f"  eval {fraction:4.0%} done, about {duration(left)} to go")
-            while self.next_line <= fraction:
-                self.next_line += 0.1
+            self.next_line = int(10 * fraction + 1e-9) + 1
 
     def close(self) -> None:
         self.elapsed = time.perf_counter() - self.start
