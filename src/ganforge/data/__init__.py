@@ -85,6 +85,10 @@ def check_data_dir(name: str, root: Union[str, Path, None]) -> None:
     presets = _presets_for(others)
     if presets:
         hint += f", read by the preset(s) {', '.join(presets)}"
+    archives = sorted(q.name for q in path.glob("*.tar*")) + sorted(q.name for q in path.glob("*.tgz")) \
+        if path.is_dir() else []
+    if archives:  # a folder of archives is not a data set yet
+        hint += f"; unpack one of {', '.join(archives)} first and pass the folder it makes"
     spec, note = DATASETS.get(name), LOCATORS[name](path).note if name in LOCATORS else ""
     wants = f" ({note})" if note else f" (it looks for {', '.join(spec.expected_files)})" if spec.expected_files else ""
     raise DataError(f"data directory {root}: dataset {name!r} does not read it{wants}; {hint}")
