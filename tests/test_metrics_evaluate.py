@@ -262,3 +262,16 @@ def test_ranks_decide_together_whether_the_cache_holds_the_reference(tmp_path):
                 proc.kill()
     refs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["cached"] for r in refs] == [False, False]
+
+
+def test_progress_bar_on_a_terminal_shows_the_time_to_go(capsys):
+    from ganforge.metrics.progress import Progress, duration
+
+    bar = Progress(20.0, log=print, tty=True)
+    for _ in range(4):
+        time.sleep(0.12)  # tqdm redraws at most every 0.1 s
+        bar.advance(5.0)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "eval 100%" in err and "to go" in err and bar.elapsed > 0
+    assert [duration(s) for s in (4.4, 185, 4320)] == ["4 s", "3 min 05 s", "1 h 12 min"]
