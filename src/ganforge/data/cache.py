@@ -7,8 +7,8 @@ replaced source file therefore gives a new key, never a stale array. The same ke
 fingerprint (`ImageData.fingerprint`), which the evaluation's reference statistics are keyed by,
 so they can be looked up without decoding anything.
 
-Files are written to a unique temporary name and renamed into place, so a crash, a decode error
-or a concurrent writer never leaves a partial file. The cache is optional: when its folder cannot
+Files are written through `ganforge.fsutil` (a unique temporary name, renamed into place), so a
+crash, a decode error or a concurrent writer never leaves a partial file. The cache is optional: when its folder cannot
 be written, loading goes on without it after one warning.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from ganforge import fsutil
 from ganforge.data.base import ImageData, default_cache_dir
 
 log = logging.getLogger("ganforge.data")
@@ -43,7 +43,7 @@ def arrays_dir() -> Path:
 def cached_files() -> list[Path]:
     """The decoded arrays kept in the cache folder (for listings, clean-up and tests)."""
     d = arrays_dir()
-    return sorted(d.glob("*.npz")) + sorted(d.glob("*.tmp")) if d.is_dir() else []
+    return sorted(d.glob("*.npz")) if d.is_dir() else []  # temporaries (.tmp-*.npz) included
 
 
 def cache_unavailable(folder: Path, error: BaseException) -> None:
@@ -55,20 +55,6 @@ def cache_unavailable(folder: Path, error: BaseException) -> None:
     log.warning("warning: cache folder %s is not writable (%s); going on without a cache (set GANFORGE_CACHE "
                 "to a writable folder to keep decoded data and reference statistics)", folder,
                 f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}")
-
-
-def write_atomic(path: Path, write: Callable[[object], None]) -> None:
-    """write(file) into a unique temporary file beside `path`, then rename it into place: readers see the
-    old file or the new one, never a partial one, and concurrent writers never share a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fingerprint(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
@@ -94,18 +80,17 @@ def cache_path(*, name: str, split: str, size: int, key: str) -> Path:
 
 
 def _save(path: Path, data: ImageData) -> None:
-    def write(f) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with fsutil.atomic_file(path) as tmp:  # a unique temporary name (it keeps the .npz suffix np.savez wants)
         # Uncompressed: the point of the cache is load speed, not disk space.
         np.savez(
-            f,
+            tmp,
             images=data.images.numpy(),
             labels=(data.labels.numpy() if data.labels is not None else np.zeros(0, np.int64)),
             has_labels=np.array(data.labels is not None),
             class_names=np.array(data.class_names, dtype=str),
             source=np.array(data.source, dtype=str),
         )
-
-    write_atomic(path, write)
 
 
 def _load(path: Path) -> ImageData:

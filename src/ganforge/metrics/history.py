@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
-from ganforge.data.cache import write_atomic
+from ganforge import fsutil
 from ganforge.errors import ConfigError
 
 LATEST, FOLDER = "eval.json", "eval"
@@ -26,9 +25,9 @@ def check_writable(folder: Path, what: str) -> None:
     before any image is generated, so a long evaluation never ends in an unwritable path."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ganforge-write-check-")
-        os.close(fd)
-        os.unlink(probe)
+        probe = fsutil.temp_path(folder / "write-check")
+        probe.touch(exist_ok=False)
+        probe.unlink()
     except OSError as e:
         raise ConfigError(f"{what} {folder}: cannot write there ({e.strerror or type(e).__name__})") from None
 
@@ -62,7 +61,7 @@ def _write_new(folder: Path, stem: str, text: str) -> Path:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
             continue
-        write_atomic(path, lambda f: f.write(text.encode()))
+        fsutil.write_text(path, text)
         return path
     raise ConfigError(f"{folder}: too many evaluation records named {stem}*")
 
@@ -71,7 +70,7 @@ def save(run_dir: Path, record: dict, *, json_path: Optional[Path] = None) -> li
     """Write the record; return the files written (the kept record first)."""
     text = json.dumps(record, indent=2) + "\n"
     if json_path is not None:
-        write_atomic(json_path, lambda f: f.write(text.encode()))
+        fsutil.write_text(json_path, text)
         return [json_path]
     folder, latest = run_dir / FOLDER, run_dir / LATEST
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,5 +83,5 @@ def save(run_dir: Path, record: dict, *, json_path: Optional[Path] = None) -> li
         _write_new(folder, stem, latest.read_text())
     when = str(record["evaluated_at"]).replace("-", "").replace(":", "")  # 20261124T221503Z
     kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
-    write_atomic(latest, lambda f: f.write(text.encode()))
+    fsutil.write_text(latest, text)
     return [kept, latest]

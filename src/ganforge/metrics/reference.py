@@ -21,7 +21,8 @@ from typing import Optional, Union
 
 import torch
 
-from ganforge.data.cache import cache_unavailable, write_atomic
+from ganforge import fsutil
+from ganforge.data.cache import cache_unavailable
 from ganforge.metrics.definitions import Side
 
 STATS_VERSION = 2   # 2: keyed by the data's fingerprint, N real may be "all"
@@ -58,7 +59,9 @@ def save(path: Path, k: dict, side: Side) -> None:
     if side.features is not None:
         blob["features"] = side.features
     try:
-        write_atomic(path, lambda f: torch.save(blob, f))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with fsutil.atomic_file(path) as tmp:
+            torch.save(blob, tmp)
     except OSError as e:
         cache_unavailable(path.parent, e)
 
