@@ -3,17 +3,9 @@
 import json
 
 import pytest
+from conftest import TINY, run_cli
 
-from ganforge.cli import main
 from ganforge.metrics.classifier import weights_path
-
-TINY = ["--batch-size", "32", "--set", "data.limit=64", "--set", "model.g_channels=8", "--set", "model.d_channels=8"]
-
-
-def run_cli(argv):
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    return exit_.value.code
 
 
 @pytest.fixture(scope="module")
