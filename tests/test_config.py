@@ -85,3 +85,39 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
     assert exit_.value.code == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("optim.beta1=1.5", "optim.beta1=1.5: must be between 0 and"),
+    ("optim.beta2=-0.1", "optim.beta2=-0.1: must be between 0 and"),
+    ("optim.momentum=-1", "optim.momentum=-1.0: must be between 0 and"),
+    ("train.threads=-1", "train.threads=-1: must be between 0 and 1024"),
+    ("train.seed=-1", "train.seed=-1: must be between 0 and 4.29497e+09"),
+    ("train.seed=99999999999999999999999", "train.seed=99999999999999999999999: must be between"),
+    ("model.z_dim=1000000000", "model.z_dim=1000000000: must be between 1 and 4096"),
+    ("model.g_channels=100000", "model.g_channels=100000: must be between 1 and 1024"),
+    ("train.num_samples=100000000", "train.num_samples=100000000: must be between 1 and 1024"),
+    ("train.batch_size=100000000", "train.batch_size=100000000: must be between 1 and 65536"),
+])
+def test_values_the_libraries_refuse_are_one_line_before_any_work(assignment, message, capsys, tmp_path):
+    """Issue 12 item 11: each of these passed the type check and ended in a traceback (or an allocation failure)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(tmp_path), "--max-steps", "1", "--set", assignment])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before the run folder was made
+
+
+def test_train_data_dir_the_preset_does_not_read(capsys, tmp_path):
+    """Issue 12 item 7: the default preset (mnist-5k) with a folder of MNIST IDX files."""
+    idx = tmp_path / "mnist"
+    idx.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (idx / f"{stem}.gz").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(tmp_path / "runs"), "--data-dir", str(idx)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert "dataset 'mnist-5k' does not read it" in err and "mnist-dcgan" in err
+    assert not list((tmp_path / "runs").glob("*"))  # no run folder was made

@@ -230,3 +230,79 @@ def test_dataset_table_sees_celeba_cifar_and_folder(tmp_path):
     assert rows["celeba"] == ["yes", str(tmp_path / "img_align_celeba")]
     assert rows["cifar10"] == ["yes", str(tmp_path / "cifar-10-batches-py")]
     assert rows["folder"][0] == "yes" and rows["mnist"][0] == "no"
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> Path:
+    """A real 16-bit PNG (greyscale [H, W] or RGB [H, W, 3] uint16), chunk by chunk as the spec says:
+    PIL cannot write 16-bit colour PNGs."""
+    import struct
+    import zlib
+
+    h, w = pixels.shape[:2]
+    colour = 2 if pixels.ndim == 3 else 0
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
+    """Issue 12 item 8: a mid-grey 16-bit PNG is mid-grey, not white."""
+    grey = np.full((8, 8), 32896, dtype=np.uint16)          # 32896 / 257 = 128
+    ramp = np.tile(np.arange(0, 65536, 8192, dtype=np.uint16), (8, 1))
+    rgb = np.zeros((8, 8, 3), dtype=np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 65535, 32896, 0
+    write_png16(tmp_path / "a_grey.png", grey)
+    write_png16(tmp_path / "b_ramp.png", ramp)
+    write_png16(tmp_path / "c_rgb.png", rgb)
+    assert Image.open(tmp_path / "a_grey.png").mode.startswith("I")  # really 16-bit on disk
+    d = load_dataset(name="folder", root=tmp_path, size=8).images
+    assert d[0, :, 4, 4].tolist() == [128, 128, 128]
+    assert d[1, 0, 0].tolist() == [round(v / 257) for v in range(0, 65536, 8192)]
+    assert d[2, :, 4, 4].tolist() == [255, 128, 0]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """Issue 12 item 8: a photo stored sideways with EXIF orientation 6 is decoded upright, as viewers show it."""
+    stored = Image.new("RGB", (64, 32), (0, 0, 255))
+    ImageDraw.Draw(stored).rectangle((0, 0, 31, 31), fill=(255, 0, 0))   # red: the stored left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    stored.save(tmp_path / "plain.png")
+    d = load_dataset(name="folder", root=tmp_path, size=32).images.int()
+    photo, plain = d[0], d[1]
+    # Displayed: 32 wide, 64 tall, red on top; the centre square crop keeps the middle rows.
+    assert photo[0, 2, 16] > 200 and photo[2, 2, 16] < 60          # top: red
+    assert photo[2, 29, 16] > 200 and photo[0, 29, 16] < 60        # bottom: blue
+    assert plain[0, 16, 2] > 200 and plain[2, 16, 29] > 200        # the PNG without EXIF: left red, right blue
+
+
+def test_broken_symlinks_and_loops_are_left_out_with_a_warning(tmp_path, caplog):
+    """Issue 12 item 11: broken links and link loops inside a folder data set: no traceback, no endless walk."""
+    root = tmp_path / "data"
+    save(root / "a" / "1.png", solid((10, 0, 0)))
+    save(tmp_path / "elsewhere" / "2.png", solid((20, 0, 0)))
+    (root / "b").symlink_to(tmp_path / "elsewhere")               # a linked folder is read
+    (root / "broken.png").symlink_to(tmp_path / "gone.png")       # points at nothing
+    (root / "x.png").symlink_to(root / "y.png")                   # x -> y -> x
+    (root / "y.png").symlink_to(root / "x.png")
+    (root / "a" / "up").symlink_to(root)                          # a folder loop
+    with caplog.at_level(logging.WARNING, logger="ganforge.data"):
+        d = load_dataset(name="folder", root=root, size=8)
+    assert len(d) == 2 and d.images[:, 0, 0, 0].tolist() == [10, 20]
+    assert "left out 4 broken or looping symbolic link(s)" in caplog.text
+
+
+def test_only_images_make_a_folder_data_set(tmp_path):
+    from ganforge.data import reads
+
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    save(tmp_path / "pics" / "deep" / "1.png", solid((1, 2, 3)))
+    assert not reads("folder", tmp_path / "idx") and reads("folder", tmp_path / "pics")

@@ -205,3 +205,24 @@ def test_real_fashion_mnist():
     d = load_dataset(name="fashion-mnist", root=SHARED / "fashion-mnist")
     assert d.images.shape == (60000, 1, 28, 28)
     assert torch.bincount(d.labels).tolist() == [6000] * 10
+
+
+def test_a_data_dir_the_dataset_does_not_read_is_one_line_naming_presets(tmp_path):
+    """Issue 12 item 7: mnist-5k never falls back to its packaged copy when given a folder of IDX files."""
+    from ganforge.data import check_data_dir
+
+    write_idx(tmp_path / "mnist")
+    with pytest.raises(DataError) as e:
+        check_data_dir("mnist-5k", tmp_path / "mnist")
+    message = str(e.value)
+    assert "dataset 'mnist-5k' does not read it" in message and "mnist_5k.csv.gz" in message
+    assert "mnist-dcgan" in message and "demo" not in message.split("preset(s)")[1] and "\n" not in message
+    with pytest.raises(DataError, match="mnist-5k needs mnist_5k.csv.gz, not found at"):
+        load_dataset(name="mnist-5k", root=tmp_path / "mnist")
+    check_data_dir("mnist", tmp_path)            # reads root/mnist
+    check_data_dir("mnist-5k", None)             # no data dir: the packaged copy
+    with pytest.raises(DataError, match="it holds mnist data, read by the preset"):
+        check_data_dir("cifar10", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no dataset reads it"):
+        check_data_dir("cifar10", tmp_path / "empty")

@@ -249,6 +249,31 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for key, lo, hi, why in LIMITS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}={value}: must be between {lo:g} and {hi:g} ({why})")
+
+
+# Values that pass the type check but not the libraries below: (key, lowest, highest, why).
+LIMITS = (
+    ("optim.beta1", 0.0, 0.999999, "Adam's decay rates lie in [0, 1)"),
+    ("optim.beta2", 0.0, 0.999999, "Adam's decay rates lie in [0, 1)"),
+    ("optim.momentum", 0.0, 0.999999, "SGD momentum lies in [0, 1)"),
+    ("optim.lr_g", 0.0, 10.0, "a learning rate above 10 only diverges"),
+    ("optim.lr_d", 0.0, 10.0, "a learning rate above 10 only diverges"),
+    ("train.seed", 0, 2**32 - 1, "seeds are 32-bit"),
+    ("train.threads", 0, 1024, "0 uses every core"),
+    # Sizes: far above any published GAN at these resolutions, far below what fails to allocate.
+    ("train.batch_size", 1, 65536, "larger batches do not fit in memory"),
+    ("train.num_samples", 1, 1024, "the snapshot grid holds at most 32 x 32 images"),
+    ("train.eval_n", 2, 1_000_000, "papers use 50,000"),
+    ("model.z_dim", 1, 4096, "larger latent vectors cannot be allocated with the layers they feed"),
+    ("model.g_channels", 1, 1024, "wider layers cannot be allocated"),
+    ("model.d_channels", 1, 1024, "wider layers cannot be allocated"),
+    ("data.size", 0, 1024, "0 keeps the dataset's own size"),
+)
 
 
 # ----------------------------------------------------------------------------- files

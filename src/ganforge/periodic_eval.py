@@ -42,6 +42,7 @@ class PeriodicEval:
             METRICS.get(m)  # an unknown key stops the run before training, with the valid choices
         self.real = data.images
         self.dataset_key = f"{cfg.data.name}@{data.size}px-{cfg.data.split}-limit{cfg.data.limit}"
+        self.fingerprint = data.fingerprint  # the reference cache is keyed by the content, not the name
         self.reported: set[str] = set()
 
     def due_epoch(self, epoch_done: int) -> bool:
@@ -65,7 +66,7 @@ class PeriodicEval:
                               real_images=self.real, dataset_key=self.dataset_key, metrics=self.metrics,
                               n=self.cfg.train.eval_n, batch_size=100, device=self.device, seed=self.cfg.train.seed,
                               split=self.cfg.data.split, n_real=min(len(self.real), 10_000),
-                              classifier=self.cfg.data.name, shard=self.shard)
+                              classifier=self.cfg.data.name, shard=self.shard, real_fingerprint=self.fingerprint)
         generator.train(was_training)
         for name, rec in record["metrics"].items():
             if rec.get("unavailable") and name not in self.reported:

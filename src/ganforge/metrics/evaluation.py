@@ -3,16 +3,14 @@
 Generated images never touch the disk: `generate(batch_size, generator)` is called batch by
 batch and each batch goes through every feature network the chosen metrics need (features are
 computed once per network). The real reference side (mean and covariance, plus features for
-KID and precision/recall) is cached on disk under the key (dataset, split, N real, resize
-method, network sha256), so it is computed once. Every metric in the returned record carries
+KID and precision/recall) is cached on disk, keyed by the real data's content fingerprint and
+everything else that changes it (`ganforge.metrics.reference`), so it is computed once. Every metric in the returned record carries
 how it was computed: N generated, N real, split, network and checksum, resize, seed, version,
 time. Metric definitions and papers: `ganforge.metrics.definitions` and `functional`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 import warnings
 from pathlib import Path
@@ -21,13 +19,15 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from ganforge import __version__
+from ganforge.data.base import default_cache_dir
 from ganforge.errors import ConfigError
-from ganforge.metrics.definitions import CLASSIFIER, INCEPTION, METRICS, MetricSpec, Side, Unavailable
+from ganforge.metrics import reference
+from ganforge.metrics.definitions import CLASSIFIER, INCEPTION, METRICS, Context, MetricSpec, Side, Unavailable
 from ganforge.metrics.functional import FeatureStats
+from ganforge.metrics.progress import Progress, duration
 
 SMALL_N = 2048
 Generate = Callable[[int, torch.Generator], tuple[torch.Tensor, Optional[torch.Tensor]]]
-REAL_SUBSET_SEED = 0   # the real subset depends on N real only, so the cache key stays valid
 
 
 class _Collector:
@@ -122,79 +122,86 @@ def _build_network(key: str, *, device, inception_path, cache_dir, classifier: O
                     resize=f"none at {INPUT_SIZE}x{INPUT_SIZE}, else antialiased bilinear to {INPUT_SIZE}")
 
 
-def _cache_file(folder: Path, key: dict) -> Path:
-    digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key['dataset']}_{key['split']}_{key['n_real']}_{key['network']}")
-    return folder / f"{stem}_{digest}.pt"
+def context(*, inception_path=None, classifier: Optional[str] = None, conditional: bool = False,
+            cache_dir: Optional[Path] = None) -> Context:
+    """Which feature networks can run here and which give logits, found without loading them. A missing
+    default Inception network is a reason to leave its metrics out; a bad file the user named is an error."""
+    import os
+
+    from ganforge.metrics.classifier import CLASSIFIER_FOR, weights_path
+    from ganforge.metrics.inception import ENV_VAR, InceptionError, locate
+
+    networks: dict[str, Optional[str]] = {}
+    logits = set()
+    try:
+        if locate(inception_path, cache_dir=cache_dir).kind == "pt_inception":
+            logits.add(INCEPTION)
+        networks[INCEPTION] = None
+    except InceptionError as e:
+        if inception_path is not None or os.environ.get(ENV_VAR):
+            raise
+        networks[INCEPTION] = str(e)
+    if classifier not in CLASSIFIER_FOR:
+        networks[CLASSIFIER] = f"there is a shipped classifier only for {', '.join(CLASSIFIER_FOR)}, not {classifier!r}"
+    elif not weights_path(CLASSIFIER_FOR[classifier]).is_file():
+        networks[CLASSIFIER] = f"the shipped classifier {weights_path(CLASSIFIER_FOR[classifier])} is missing"
+    else:
+        networks[CLASSIFIER] = None
+        logits.add(CLASSIFIER)
+    return Context(networks, frozenset(logits), conditional)
 
 
-def _real_side(net: _Network, needs: set[str], *, real_images, n_real: Optional[int], dataset_key: str,
-               split: str, batch_size: int, cache_dir: Optional[Path], log) -> tuple[Side, dict]:
-    from ganforge.data.base import default_cache_dir
+def _real_fingerprint(real_images, given: Optional[str]) -> tuple[str, Any]:
+    """(fingerprint of the real data, the images if they had to be loaded to compute it, else None)."""
+    from ganforge.metrics.reference import content_hash
 
-    images = None
-    if n_real is None:
-        images = real_images() if callable(real_images) else real_images
-        n_real = len(images)
-    key = {"dataset": dataset_key, "split": split, "n_real": int(n_real), "resize": net.resize,
-           "network": net.key, "sha256": net.sha256, "subset_seed": REAL_SUBSET_SEED}
-    path = _cache_file(Path(cache_dir or default_cache_dir()) / "reference", key)
-    if path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("key") == key and ("features" not in needs or "features" in saved):
-                side = Side(n=int(n_real), mu=saved["mu"].numpy(), sigma=saved["sigma"].numpy(),
-                            features=saved.get("features"))
-                return side, {"cache": str(path), "cached": True}
-        except Exception:  # an unreadable cache entry is recomputed and overwritten
-            pass
-    if images is None:
-        images = real_images() if callable(real_images) else real_images
+    if given:
+        return given, None
+    if getattr(real_images, "fingerprint", ""):
+        return real_images.fingerprint, None
+    images = real_images() if callable(real_images) else real_images
+    images = getattr(images, "images", images)
+    return content_hash(images), images
+
+
+def _subset(images: torch.Tensor, n_real: Optional[int], dataset_key: str, split: str) -> torch.Tensor:
+    if n_real is None or n_real == len(images):
+        return images
     if n_real > len(images):
         raise ConfigError(f"asked for {n_real} real images but {dataset_key} {split} has {len(images)}")
-    if n_real < len(images):
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))
-        images = images[order[:n_real]]
-    collector = _Collector(needs | {"stats"})
-    t0 = time.perf_counter()
-    for i in range(0, n_real, batch_size):
-        feats, _ = net.fn(images[i: i + batch_size])
-        collector.add(feats, None, None)
-        if log and (i // batch_size) % 10 == 0:
-            log(f"  {net.key} real features {i + len(feats)}/{n_real}")
-    net.seconds_real, net.images_real = time.perf_counter() - t0, n_real
-    side = collector.side()
-    if not _is_main():  # every rank holds the same statistics; one writes them
-        return side, {"cache": str(path), "cached": False}
-    blob = {"key": key, "mu": torch.from_numpy(side.mu), "sigma": torch.from_numpy(side.sigma)}
-    if side.features is not None:
-        blob["features"] = side.features
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    return side, {"cache": str(path), "cached": False}
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(reference.SUBSET_SEED))
+    return images[order[:n_real]]
 
 
 def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[], torch.Tensor]], dataset_key: str,
              metrics: Sequence[str], n: int, batch_size: int = 50, device: str | torch.device = "cpu", seed: int = 0,
              inception_path: Optional[Union[str, Path]] = None, cache_dir: Optional[Path] = None,
              split: str = "train", n_real: Optional[int] = None, classifier: Optional[str] = None,
-             log: Optional[Callable[[str], None]] = None, shard: bool = False) -> dict[str, Any]:
+             log: Optional[Callable[[str], None]] = None, shard: bool = False,
+             real_fingerprint: Optional[str] = None) -> dict[str, Any]:
     """Compute `metrics` (keys of METRICS) for `n` generated images against the real `split`.
 
     generate(batch_size, generator) -> (uint8 [B, C, H, W], requested labels [B] or None).
-    real_images: uint8 [N, C, H, W], or a function returning it (only called on a cache miss
-    when n_real is given). n_real: how many real images (a fixed random subset; default all).
-    classifier: which shipped classifier the cls-* metrics use (default: dataset_key).
+    real_images: uint8 [N, C, H, W] (or an ImageData), or a function returning it, called only when
+    the reference statistics are not cached. n_real: how many real images (a fixed random subset;
+    default all). real_fingerprint: what the reference cache is keyed by, e.g.
+    `ganforge.data.dataset_fingerprint(...)` or `ImageData.fingerprint`; without it the images are
+    loaded and hashed. classifier: which shipped classifier the cls-* metrics use (default: dataset_key).
     shard: under torchrun, every rank calls `evaluate` alike and the feature networks' work is split
     between them (generation is repeated on each rank: it is cheap next to Inception). All ranks
     return the same record.
+    Everything that can fail on the reference side (reading the real data, N real larger than the
+    split) fails before the first image is generated. `log` gets an estimate of the time after the
+    first batch, then progress with the time to go.
     Returns {"metrics": {name: record}, "networks": {...}, ...}; a metric that cannot be
     computed has value None and an "unavailable" reason.
     """
     if n < 2:
         raise ConfigError(f"n must be at least 2, got {n}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if not metrics:
+        raise ConfigError("no metrics to compute: name at least one of " + ", ".join(METRICS.names()))
     specs: list[MetricSpec] = [METRICS.get(m) for m in dict.fromkeys(metrics)]
     t_start = time.perf_counter()
     networks: dict[str, _Network] = {}
@@ -205,9 +212,9 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
                                            classifier=classifier or dataset_key)
         except Unavailable as e:
             unavailable[key] = str(e)
-    ranks = 1
-    if shard and _in_process_group():
-        ranks = torch.distributed.get_world_size()
+    group = shard and _in_process_group()
+    ranks = torch.distributed.get_world_size() if group else 1
+    if group:
         for net in networks.values():
             net.fn = _sharded(net.fn, device=torch.device(device))
     for s in specs:
@@ -215,36 +222,66 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
             warnings.warn(f"{s.name} with n={n} < {SMALL_N} generated images is biased upward and noisy; "
                           f"do not compare it with published numbers", stacklevel=2)
 
+    # The reference side first: from the cache (decided once for all ranks), else the real images are
+    # loaded and checked now, before any image is generated.
+    real_needs = {k: set().union(*(s.real_needs for s in specs if s.network == k)) for k in networks}
+    real_needs = {k: v for k, v in real_needs.items() if v}
+    real: dict[str, Side] = {}
+    real_info: dict[str, dict] = {}
+    images_real = None
+    if real_needs:
+        data_key, images_real = _real_fingerprint(real_images, real_fingerprint)
+        folder = Path(cache_dir or default_cache_dir()) / "reference"
+        for k in real_needs:
+            net = networks[k]
+            rk = reference.key(data=data_key, dataset=dataset_key, split=split, n_real=n_real, network=k,
+                               sha256=net.sha256, resize=net.resize)
+            path = reference.path_for(folder, rk)
+            side = reference.load(path, rk, real_needs[k])
+            if reference.agree(side is not None, device=device, group=group):
+                real[k] = side
+            real_info[k] = {"cache": str(path), "cached": k in real, "key": rk}
+        if len(real) < len(real_needs):
+            if images_real is None:
+                images_real = real_images() if callable(real_images) else real_images
+            images_real = _subset(getattr(images_real, "images", images_real), n_real, dataset_key, split)
+
     fake_collectors = {k: _Collector(set().union(*(s.fake_needs for s in specs if s.network == k)))
                        for k in networks}
     gen = torch.Generator().manual_seed(seed)
-    t_gen, done = 0.0, 0
+    t_gen, done, per_image, progress = 0.0, 0, {}, None
     while done < n:
         b = min(batch_size, n - done)
         t0 = time.perf_counter()
         images, labels = generate(b, gen)
-        t_gen += time.perf_counter() - t0
+        seconds = {"generate": time.perf_counter() - t0}
+        t_gen += seconds["generate"]
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != b:
             raise TypeError(f"generate() must return uint8 [{b}, C, H, W], got {images.dtype} {tuple(images.shape)}")
         for net in networks.values():
             t0 = time.perf_counter()
             feats, logits = net.fn(images)
             fake_collectors[net.key].add(feats, logits, labels)
-            net.seconds_fake += time.perf_counter() - t0
+            seconds[net.key] = time.perf_counter() - t0
+            net.seconds_fake += seconds[net.key]
             net.images_fake += b
         done += b
-        if log and (done // b) % 10 == 0:
-            log(f"  generated {done}/{n}")
+        if progress is None:  # the first batch measures this machine's seconds per image
+            per_image = {k: v / b for k, v in seconds.items()}
+            todo = {k: len(images_real) for k in real_needs if k not in real}
+            progress = _estimate(per_image, n - done, todo, log)
+        else:
+            progress.advance(b * sum(per_image.values()))
     fake = {k: c.side() for k, c in fake_collectors.items()}
 
-    real: dict[str, Side] = {}
-    real_info: dict[str, dict] = {}
-    for key, net in networks.items():
-        needs = set().union(*(s.real_needs for s in specs if s.network == key))
-        if needs:
-            real[key], real_info[key] = _real_side(net, needs, real_images=real_images, n_real=n_real,
-                                                   dataset_key=dataset_key, split=split, batch_size=batch_size,
-                                                   cache_dir=cache_dir, log=log)
+    for k in real_needs:
+        if k not in real:
+            real[k] = _real_pass(networks[k], real_needs[k], images_real, batch_size,
+                                 lambda m, k=k: progress.advance(m * per_image[k]))
+            if _is_main() or not group:  # every rank holds the same statistics; one writes them
+                reference.save(Path(real_info[k]["cache"]), real_info[k].pop("key"), real[k])
+        real_info[k].pop("key", None)
+    progress.close()
 
     results: dict[str, dict] = {}
     for s in specs:
@@ -272,6 +309,8 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
         "dataset": dataset_key, "reference_split": split, "n_generated": n, "seed": seed,
         "device": str(device), "ranks": ranks, "ganforge_version": __version__,
         "generate_seconds": round(t_gen, 3), "seconds": round(time.perf_counter() - t_start, 3),
+        "time_to_go": {"estimated_seconds": round(progress.estimate, 3),   # after the first batch
+                       "actual_seconds": round(progress.elapsed, 3)},
         "networks": {k: {"name": v.name, "sha256": v.sha256, "resize_method": v.resize, "source": v.source,
                          "seconds_generated": round(v.seconds_fake, 3), "seconds_real": round(v.seconds_real, 3),
                          "images_per_second": round((v.images_fake + v.images_real)
@@ -279,6 +318,29 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
                          **({"reference": real_info[k]} if k in real_info else {})}
                      for k, v in networks.items()},
     }
+
+
+def _estimate(per_image: dict[str, float], fake_left: int, real_left: dict[str, int], log) -> Progress:
+    """Say how long the rest will take (images x the seconds per image just measured); return the progress."""
+    total = fake_left * sum(per_image.values()) + sum(m * per_image[k] for k, m in real_left.items())
+    progress = Progress(total, log=log)
+    if log is not None and total > 0:
+        rates = ", ".join(f"{k} {1 / max(t, 1e-9):.1f}" for k, t in per_image.items())
+        real = "".join(f" + {m} real through {k}" for k, m in real_left.items())
+        log(f"estimate: {fake_left} more generated images{real}, at {rates} images/s measured on the first "
+            f"batch here: about {duration(total)}")
+    return progress
+
+
+def _real_pass(net: _Network, needs: set[str], images: torch.Tensor, batch_size: int, advance) -> Side:
+    collector = _Collector(needs | {"stats"})
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        feats, _ = net.fn(images[i: i + batch_size])
+        collector.add(feats, None, None)
+        advance(len(feats))
+    net.seconds_real, net.images_real = time.perf_counter() - t0, len(images)
+    return collector.side()
 
 
 def make_generate(generator: torch.nn.Module, *, z_dim: int, num_classes: int = 0,

