@@ -1,0 +1,2 @@
+import argparse
+def add_parser(sub): pass
