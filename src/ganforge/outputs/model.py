@@ -109,11 +109,16 @@ def check_class(model: Model, k: Optional[int], what: str = "--class") -> Option
         raise UsageError(f"{what} {k}: {model.run_dir} is an unconditional model ({model.cfg.model.arch}, "
                          f"model.conditional=false); leave the class out")
     if not 0 <= k < model.num_classes:
-        names = [model.class_name(i) for i in range(model.num_classes)]
-        listed = "" if names == [str(i) for i in range(model.num_classes)] else " (" + ", ".join(
-            f"{i}={name}" for i, name in enumerate(names)) + ")"
-        raise UsageError(f"{what} {k}: out of range; this model has classes 0 to {model.num_classes - 1}{listed}")
+        raise UsageError(f"{what} {k}: out of range; this model has {describe_classes(model)}")
     return k
+
+
+def describe_classes(model: Model) -> str:
+    """'classes 0 to 9', naming them when the names say more than the numbers."""
+    names = [model.class_name(i) for i in range(model.num_classes)]
+    listed = "" if names == [str(i) for i in range(model.num_classes)] else " (" + ", ".join(
+        f"{i}={name}" for i, name in enumerate(names)) + ")"
+    return f"classes 0 to {model.num_classes - 1}{listed}"
 
 
 def check_truncation(t: Optional[float], what: str = "--truncation") -> Optional[float]:
