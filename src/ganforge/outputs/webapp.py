@@ -17,8 +17,7 @@ from typing import Optional
 from ganforge.errors import UsageError
 from ganforge.outputs.animation import grid_image
 from ganforge.outputs.model import (Model, check_class, check_count, check_seed, check_truncation, describe_classes,
-                                    generate, latents,
-                                    labels_for, to_uint8)
+                                    generate, labels_for, latents, to_uint8)
 
 MAX_COUNT = 64
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
