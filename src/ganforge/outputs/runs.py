@@ -56,16 +56,9 @@ class RunInfo:
         return [r for r in self.history if any(k.startswith("eval/") for k in r)]
 
     def eval_values(self) -> dict[str, float]:
-        if not self.eval:
-            return {}
-        out = {}
-        for name, rec in self.eval.get("metrics", {}).items():
-            value = rec.get("value")
-            if isinstance(value, dict):
-                out.update({f"{name}_{k}": float(v) for k, v in value.items()})
-            elif value is not None:
-                out[name] = float(value)
-        return out
+        from ganforge.metrics.evaluation import flat_values
+
+        return flat_values(self.eval) if self.eval and "metrics" in self.eval else {}
 
     def protocol(self, metric: str) -> tuple:
         """How `metric` (a key of eval.json, or a sub-value like pr_precision) was computed."""
