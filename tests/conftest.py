@@ -61,7 +61,7 @@ def shared_path(*parts: str) -> Path:
 
 TINY_CGAN = ["--batch-size", "32", "--set", "data.limit=256", "--set", "model.g_channels=8", "--set",
              "model.d_channels=8", "--set", "train.log_every=2", "--set", "model.conditional=true",
-             "--set", "model.ema=0.9"]
+             "--set", "model.ema_kimg=0.1"]
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,7 @@ def test_sample_png_is_reproducible_and_labels_match_folders(trained_runs, tmp_p
     assert not np.array_equal(pixels(tmp_path / "a" / files[0]), pixels(tmp_path / "c" / files[0]))
     rows = list(csv.DictReader(open(tmp_path / "a" / "labels.csv")))
     model = load_model(run)
+    assert model.ema and model.conditional  # the EMA generator is the one sampled
     folders = class_folders(model)
     assert len(rows) == 40 and [int(r["label"]) for r in rows] == [i % 10 for i in range(40)]
     for r in rows:

@@ -34,6 +34,7 @@ class Model:
     channels: int
     size: int
     z_dim: int
+    ema: bool = False     # the weights are G's exponential moving average
     num_classes: int = 0  # 0: unconditional
     class_names: list[str] = field(default_factory=list)
     device: torch.device = torch.device("cpu")
@@ -81,7 +82,8 @@ def load_model(run_dir: Path | str, *, checkpoint: Optional[Path | str] = None,
         num_classes = int(shape["num_classes"]) if cfg.model.conditional else 0
         model = Model(run_dir=run_dir, checkpoint=path, cfg=cfg, g=g, step=int(state["progress"]["step"]),
                       version=version, channels=int(shape["channels"]), size=int(shape["size"]),
-                      z_dim=int(cfg.model.z_dim), num_classes=num_classes,
+                      z_dim=int(cfg.model.z_dim), ema=any(k.startswith("G_ema.") for k in tensors),
+                      num_classes=num_classes,
                       class_names=[str(c) for c in shape.get("class_names") or []], device=torch.device(device))
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: written by ganforge {version}, whose checkpoint layout ganforge "

@@ -72,7 +72,7 @@ def build_app(model: Model, *, max_count: int = MAX_COUNT):
 
     with gr.Blocks(title=f"ganforge: {model.run_dir.name}", analytics_enabled=False) as app:
         gr.Markdown(f"## {model.run_dir.name}\n{cfg.model.arch} on {cfg.data.name}, {classes}; step {model.step} "
-                    f"({'EMA generator' if cfg.model.ema > 0 else 'generator'} of `{model.checkpoint.name}`)")
+                    f"({'EMA generator' if model.ema else 'generator'} of `{model.checkpoint.name}`)")
         with gr.Row():
             with gr.Column(scale=1):
                 seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed")
