@@ -61,13 +61,14 @@ def shared_path(*parts: str) -> Path:
 
 TINY_CGAN = ["--batch-size", "32", "--set", "data.limit=256", "--set", "model.g_channels=8", "--set",
              "model.d_channels=8", "--set", "train.log_every=2", "--set", "model.conditional=true",
-             "--set", "model.ema_kimg=0.1"]
+             "--set", "model.ema_kimg=0.1", "--set", "train.eval_every=1", "--set", "train.eval_n=100",
+             "--set", "train.eval_metrics=cls-fid"]
 
 
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory):
     """Two tiny runs made once per session for the commands that use a trained model: `cgan` (conditional,
-    EMA, 2 full epochs) and `gan` (unconditional, stopped by --max-steps halfway through its first epoch)."""
+    EMA, 2 full epochs, classifier FID logged every epoch) and `gan` (unconditional, stopped by --max-steps halfway through its first epoch)."""
     import sys
 
     from ganforge.cli import main

@@ -243,6 +243,7 @@ def test_report_is_self_contained(trained_runs, tmp_path):
     shutil.copytree(trained_runs["cgan"], run)
     assert run_cli(["report", run]) == 0
     page = (run / "report.html").read_text()
-    assert page.count('src="data:image/') >= 5  # final grid, progress GIF, classes, losses, real
+    assert page.count('src="data:image/') >= 6  # final grid, progress GIF, classes, losses, metric history, real
+    assert 'alt="metric history"' in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "No evaluation yet" in page and "model:" in page

@@ -68,7 +68,8 @@ def test_serve_generates_in_browser(server, browser):
     page.locator("#generate").click()
     page.wait_for_function("() => { const i = document.querySelector('#result img');"
                            " return i && i.complete && i.naturalWidth > 0 }", timeout=120_000)
-    size = page.evaluate("() => { const i = document.querySelector('#result img'); return [i.naturalWidth, i.naturalHeight] }")
+    size = page.evaluate("() => { const i = document.querySelector('#result img');"
+                         " return [i.naturalWidth, i.naturalHeight] }")
     assert tuple(size) == grid_size(4, nrow=2, size=28)
     assert "4 images, seed 5, class 3" in page.locator("#status").inner_text()
     shot = np.asarray(Image.open(io.BytesIO(page.locator("#result img").screenshot())).convert("L"))

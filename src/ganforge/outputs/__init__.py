@@ -9,6 +9,7 @@ need them, so `import ganforge` stays light.
 - `sampling`: N images to a folder of PNGs (+ labels.csv) or one streamed `.npz`.
 - `interpolate`: spherical interpolation walks (Shoemake 1985; White 2016 for GAN latents).
 - `animation`: grids and GIFs, including the run's `samples/progress.gif`.
+- `runs`: what a run folder says about itself (config, history, eval.json), read without a network.
 - `compare`, `report`: several runs in one table; one run on one self-contained HTML page.
 - `export`: the generator as ONNX or TorchScript, checked against PyTorch.
 - `webapp`: the Gradio page behind `ganforge serve`.
