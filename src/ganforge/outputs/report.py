@@ -45,10 +45,10 @@ def _img(path: Optional[Path], caption: str, cls: str = "px") -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+def _table(header: Optional[list[str]], rows: list[list]) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 def _cell(v) -> str:
@@ -119,7 +119,7 @@ def render(run: RunInfo) -> str:
     parts = [
         f"<h1>Run {html.escape(run.name)}</h1>",
         f'<p class="muted">{html.escape(str(run.dir.resolve()))} · report by ganforge {__version__}</p>',
-        _table(["", ""], summary),
+        _table(None, summary),
         "<h2>Samples</h2>",
         '<div class="pair">' + _img(final, f"final fixed-noise grid ({final.stem})" if final else "")
         + _img(gif, "progress: the same noise at every epoch") + "</div>",

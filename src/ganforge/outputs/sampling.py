@@ -48,7 +48,7 @@ def write_pngs(model: Model, n: int, tmp: Path, *, seed: int, k: Optional[int], 
                show_progress: bool = True) -> None:
     width = max(6, len(str(n - 1)))
     folders = class_folders(model) if model.conditional else []
-    for name in folders if k is None else [folders[k]] if folders else []:
+    for name in folders if k is None else folders[k:k + 1]:
         (tmp / name).mkdir()
     rows = []
     with _bar(n, show_progress) as bar:
