@@ -247,3 +247,34 @@ def test_report_is_self_contained(trained_runs, tmp_path):
     assert 'alt="metric history"' in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "No evaluation yet" in page and "model:" in page
+
+
+def test_output_that_cannot_fit_is_refused(tmp_path):
+    from ganforge.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs about .* MiB free; ask for fewer images"):
+        with atomic_output(tmp_path / "big.npz", need_bytes=2**62):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_web_page_inputs_are_checked_without_a_browser(trained_runs, tmp_path):
+    """The page's generate function, as the browser test drives it: bounded inputs, one message each."""
+    from ganforge.errors import UsageError
+    from ganforge.outputs.animation import grid_size
+    from ganforge.outputs.webapp import make_images
+
+    cgan, gan = load_model(trained_runs["cgan"]), load_model(trained_runs["gan"])
+    grid, path, caption = make_images(cgan, seed=3, count=9, label=2, truncation=0, out_dir=tmp_path)
+    assert grid.size == grid_size(9, nrow=3, size=28) and caption == "9 images, seed 3, class 2"
+    assert Image.open(path).size == grid.size
+    for model, values, message in [(cgan, dict(count=65), "count 65: expected a count from 1 to 64"),
+                                   (cgan, dict(count=0), "count 0"),
+                                   (cgan, dict(seed=-1), "seed -1: expected an integer from 0"),
+                                   (cgan, dict(label=-1), "class -1: out of range"),
+                                   (cgan, dict(label=1.5), "class 1.5: expected a whole number"),
+                                   (gan, dict(label=0), "unconditional model"),
+                                   (gan, dict(truncation=20), "truncation 20.0: expected a value from 0.05 to 10")]:
+        args = {"seed": 0, "count": 4, "label": None, "truncation": 0, **values}
+        with pytest.raises(UsageError, match=message):
+            make_images(model, **args, out_dir=tmp_path)
