@@ -231,6 +231,7 @@ def test_compare_flags_different_protocols(trained_runs, tmp_path, capsys):
     assert "| cgan | demo | 2 |" in out and "cls-fid (!)" in out and "different protocols" in out
     rows = list(csv.DictReader(open(tmp_path / "cmp" / "compare.csv")))
     assert [r["run"] for r in rows] == ["cgan", "gan"] and float(rows[0]["kimg"]) == 0.512
+    assert float(rows[1]["epochs"]) == 0.5 and rows[1]["kimg"] == "0.128"  # stopped after 4 of 8 steps
     assert float(rows[0]["cls-fid"]) > 0 and float(rows[1]["loss_d_last_epoch"]) > 0
     with Image.open(tmp_path / "cmp" / "compare.png") as im:
         assert im.width > 2 * 242

@@ -34,9 +34,9 @@ def table(runs: Sequence[RunInfo]) -> tuple[list[str], list[list], list[str]]:
     rows = []
     for r in runs:
         d, g = r.last_epoch_losses()
-        last, values = r.last, r.eval_values()
-        rows.append([r.name, r.preset, round(last["epoch"], 2) if last else None, last.get("kimg"),
-                     round(last["time"]) if "time" in last else None, d, g, *(values.get(m) for m in metrics)])
+        done, values = r.done(), r.eval_values()
+        rows.append([r.name, r.preset, done["epochs"], done["kimg"], done["time_s"], d, g,
+                     *(values.get(m) for m in metrics)])
     notes = []
     for m in metrics:
         protocols = {r.name: r.protocol(m) for r in runs if m in r.eval_values()}

@@ -103,13 +103,13 @@ def eval_section(run: RunInfo) -> str:
 
 def render(run: RunInfo) -> str:
     d, g = run.last_epoch_losses()
-    last = run.last
+    done = run.done()
     cfg = run.config
     summary = [["preset", run.preset], ["description", cfg.get("description", "")],
                ["data", f"{cfg.get('data', {}).get('name')} ({cfg.get('data', {}).get('split', 'train')} split)"],
                ["architecture", cfg.get("model", {}).get("arch")], ["loss", cfg.get("loss", {}).get("name")],
-               ["epochs done", round(last["epoch"], 2) if last else None], ["steps", last.get("step")],
-               ["thousand images seen", last.get("kimg")], ["training time (s)", last.get("time")],
+               ["epochs completed", done["epochs"]], ["steps", done["steps"]],
+               ["thousand images seen", done["kimg"]], ["training time (s)", done["time_s"]],
                ["D / G loss, last epoch", f"{_cell(d)} / {_cell(g)}"]]
     gif = run.image("samples/progress.gif")
     if gif is None and run.final_grid() is not None:

@@ -24,6 +24,16 @@ class RunInfo:
     config_text: str
     history: list[dict[str, Any]] = field(default_factory=list)
     eval: Optional[dict[str, Any]] = None
+    progress: dict[str, Any] = field(default_factory=dict)  # the latest checkpoint's counters
+
+    def done(self) -> dict[str, Any]:
+        """epochs (completed), steps, kimg, time_s: from the latest checkpoint, else the last log line."""
+        p, last = self.progress, self.last
+        if p:  # a run stopped inside an epoch flushed its log at that step: the log knows the fraction
+            partial = p.get("pos") and last.get("step") == p["step"]
+            return {"epochs": round(last["epoch"], 2) if partial else p["epoch"], "steps": p["step"], "kimg": p["images"] / 1000, "time_s": round(p["wall"])}
+        return {"epochs": round(last["epoch"], 2) if last else None, "steps": last.get("step"),
+                "kimg": last.get("kimg"), "time_s": round(last["time"]) if "time" in last else None}
 
     @property
     def name(self) -> str:
@@ -108,4 +118,18 @@ def read_run(run_dir: Path | str) -> RunInfo:
         except json.JSONDecodeError:
             raise CheckpointError(f"{eval_path}: not valid JSON") from None
     return RunInfo(dir=run_dir, config=config if isinstance(config, dict) else {}, config_text=text,
-                   history=history, eval=record)
+                   history=history, eval=record, progress=_latest_progress(run_dir))
+
+
+def _latest_progress(run_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from ganforge.checkpoint import STATE, list_checkpoints
+
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+            return dict(state["progress"])
+        except Exception:  # a damaged checkpoint: try the one before (load_latest's rule), else the log
+            continue
+    return {}
