@@ -10,6 +10,8 @@ from ganforge.cli.sample import add_model_arguments, load
 from ganforge.errors import UsageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Small images (28 px digits) shown large and sharp; the file itself keeps its size.
+CSS = "#result img { image-rendering: pixelated; width: min(100%, 480px); height: auto; }"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         app.queue(default_concurrency_limit=1).launch(
             server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False,
-            quiet=True, ssr_mode=False, theme=theme, allowed_paths=[str(out_dir)], footer_links=[])
+            quiet=True, ssr_mode=False, theme=theme, allowed_paths=[str(out_dir)], footer_links=[], css=CSS)
     except OSError as exc:
         raise UsageError(f"--host {args.host} --port {args.port}: cannot listen ({exc})") from None
     return 0
