@@ -3,7 +3,6 @@ grids (`samples/epoch_*.png`) into `samples/progress.gif`."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +10,8 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
+
+from ganforge import fsutil
 
 MAX_FRAMES = 120     # a 500-epoch run still gives a GIF of a few MiB: frames are thinned evenly
 FRAME_MS, LAST_MS = 400, 2000
@@ -43,14 +44,9 @@ def with_caption(image: Image.Image, text: str, *, above: bool = False) -> Image
 
 def save_image_atomic(image: Image.Image, path: Path, **kwargs) -> Path:
     """Save beside `path` under a temporary name, then rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    with fsutil.atomic_file(path) as tmp:
         image.save(tmp, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def save_gif(frames: Sequence[Image.Image], path: Path, *, frame_ms: int = FRAME_MS, last_ms: int = LAST_MS) -> Path:

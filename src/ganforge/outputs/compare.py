@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
+from ganforge import fsutil
 from ganforge.outputs.animation import save_image_atomic, with_caption
 from ganforge.outputs.runs import PROTOCOL_KEYS, RunInfo
 
@@ -88,11 +89,7 @@ def write(runs: Sequence[RunInfo], out_dir: Path) -> dict[str, Path]:
     header, rows, notes = table(runs)
     written = {}
     for name, text in (("compare.md", markdown(header, rows, notes) + "\n"), ("compare.csv", to_csv(header, rows))):
-        path = out_dir / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        written[name] = path
+        written[name] = fsutil.write_text(out_dir / name, text)
     image = side_by_side(runs)
     if image is not None:
         written["compare.png"] = save_image_atomic(image, out_dir / "compare.png")

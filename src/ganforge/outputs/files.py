@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ganforge import fsutil
 from ganforge.errors import UsageError
 
 
@@ -33,35 +34,14 @@ def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, wha
     return out
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 @contextmanager
 def atomic_output(out: Path, *, folder: bool = False, overwrite: bool = False, need_bytes: int = 0,
                   what: str = "--out") -> Iterator[Path]:
-    """Yield a temporary path beside `out` (a fresh folder when `folder`); rename it to `out` on success."""
+    """Yield a temporary path beside `out` (a fresh folder when `folder`); it becomes `out` on success
+    (fsutil's atomic writes); a file-system error becomes one line, and nothing is left behind."""
     out = check_output(Path(out), overwrite=overwrite, need_bytes=need_bytes, what=what)
-    suffix = "".join(out.suffixes)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{suffix if not folder else ''}")
-    _remove(tmp)
     try:
-        if folder:
-            tmp.mkdir()
-        yield tmp
-        if out.exists():  # only reached with overwrite=True
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            _remove(old)
-        else:
-            os.replace(tmp, out)
+        with (fsutil.atomic_dir(out) if folder else fsutil.atomic_file(out)) as tmp:
+            yield tmp
     except OSError as exc:
-        _remove(tmp)
         raise UsageError(f"{what} {out}: cannot write ({exc.strerror or exc}); nothing was written") from None
-    except BaseException:
-        _remove(tmp)
-        raise

@@ -11,11 +11,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 from typing import Optional
 
-from ganforge import __version__
+from ganforge import __version__, fsutil
 from ganforge.outputs.animation import progress_gif
 from ganforge.outputs.runs import RunInfo
 
@@ -145,11 +144,4 @@ def render(run: RunInfo) -> str:
 
 def write_report(run: RunInfo, out: Optional[Path] = None) -> Path:
     """RUN_DIR/report.html (or `out`), replaced atomically."""
-    out = Path(out) if out else run.dir / "report.html"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(render(run), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return fsutil.write_text(Path(out) if out else run.dir / "report.html", render(run))

@@ -59,7 +59,10 @@ class RunInfo:
             return math.nan, math.nan
         final = math.ceil(rows[-1]["epoch"] - 1e-9)
         tail = [r for r in rows if r["epoch"] > final - 1] or rows[-1:]
-        mean = lambda key: sum(r[key] for r in tail) / len(tail)  # noqa: E731
+        def mean(key: str) -> float:  # a window with no generator step logs no loss_g
+            values = [r[key] for r in tail if key in r]
+            return sum(values) / len(values) if values else math.nan
+
         return mean("loss_d"), mean("loss_g")
 
     def metric_history(self) -> list[dict[str, Any]]:
