@@ -78,7 +78,8 @@ def trained_runs(tmp_path_factory):
         mp.setenv("GANFORGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         for argv in (["--name", "cgan", "--epochs", "2", *TINY_CGAN],
                      ["--name", "gan", "--max-steps", "4", "--batch-size", "32", "--set", "data.limit=256",
-                      "--set", "model.g_channels=8", "--set", "model.d_channels=8", "--set", "train.log_every=2"]):
+                      "--set", "model.g_channels=8", "--set", "model.d_channels=8", "--set", "train.log_every=2",
+                      "--set", "model.conditional=false"]):
             with pytest.raises(SystemExit) as exit_:
                 main(["train", "--out", str(out), *argv])
             assert exit_.value.code == 0, argv
