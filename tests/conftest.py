@@ -57,3 +57,49 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (the shared data folder sits beside the repository)")
     return path
+
+
+TINY_CGAN = ["--batch-size", "32", "--set", "data.limit=256", "--set", "model.g_channels=8", "--set",
+             "model.d_channels=8", "--set", "train.log_every=2", "--set", "model.conditional=true",
+             "--set", "model.ema_kimg=0.1", "--set", "train.eval_every=1", "--set", "train.eval_n=100",
+             "--set", "train.eval_metrics=cls-fid"]
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory):
+    """Two tiny runs made once per session for the commands that use a trained model: `cgan` (conditional,
+    EMA, 2 full epochs, classifier FID logged every epoch) and `gan` (unconditional, stopped by --max-steps halfway through its first epoch)."""
+    import sys
+
+    from ganforge.cli import main
+
+    out = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GANFORGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        for argv in (["--name", "cgan", "--epochs", "2", *TINY_CGAN],
+                     ["--name", "gan", "--max-steps", "4", "--batch-size", "32", "--set", "data.limit=256",
+                      "--set", "model.g_channels=8", "--set", "model.d_channels=8", "--set", "train.log_every=2",
+                      "--set", "model.conditional=false"]):
+            with pytest.raises(SystemExit) as exit_:
+                main(["train", "--out", str(out), *argv])
+            assert exit_.value.code == 0, argv
+    sys.stdout.flush()
+    return {"cgan": out / "cgan", "gan": out / "gan"}
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's package) driven by Playwright's Python API; skips, saying how to get it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
+                    f"(Playwright's own browser download is not used)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright missing: pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

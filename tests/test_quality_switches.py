@@ -70,6 +70,7 @@ def test_old_configs_with_a_per_step_ema_decay_load_with_the_same_horizon():
     data = to_dict(preset_config("demo"))
     data["model"].pop("ema_kimg")
     data["model"]["ema"] = 0.999  # per G step at batch 64: half-life ln 0.5 / ln 0.999 steps
+    data["train"]["batch_size"] = 64
     cfg = from_dict(data)
     assert cfg.model.ema_kimg == pytest.approx(64 * 692.8 / 1000, rel=1e-3)
 

@@ -8,6 +8,7 @@ the restored state exactly.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,4 +108,11 @@ class RunLog:
         return path
 
     def close(self) -> None:
+        """End of the run (finished, stopped or failed): the epoch grids become samples/progress.gif."""
         self.tb.close()
+        from ganforge.outputs.animation import progress_gif
+
+        try:
+            progress_gif(self.dir)
+        except (OSError, ValueError) as exc:  # a damaged grid must not hide why the run ended
+            warnings.warn(f"could not write {self.dir / 'samples' / 'progress.gif'}: {exc}", stacklevel=2)

@@ -112,13 +112,19 @@ def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 def load_generator(run_dir: Path, *, checkpoint: Optional[Path] = None, device: str | torch.device = "cpu"):
     """(config, generator in eval mode) from a run folder: the EMA generator when the run kept one."""
-    from ganforge.config import from_dict
-    from ganforge.models import build_models
-
     if checkpoint is not None:
         tensors, state = load_checkpoint(Path(checkpoint))
     else:
         _, tensors, state = load_latest(Path(run_dir))
+    return generator_from_state(run_dir, tensors, state, device=device)
+
+
+def generator_from_state(run_dir: Path, tensors: dict[str, torch.Tensor], state: dict, *,
+                         device: str | torch.device = "cpu"):
+    """(config, generator in eval mode) from a loaded checkpoint: the EMA weights when there are some."""
+    from ganforge.config import from_dict
+    from ganforge.models import build_models
+
     cfg = from_dict(state["config"], origin=str(run_dir))
     shape = state["data_shape"]
     g, _ = build_models(cfg.model, channels=shape["channels"], size=shape["size"], num_classes=shape["num_classes"])

@@ -15,3 +15,8 @@ class DataError(GanforgeError):
 
 class CheckpointError(GanforgeError):
     """A checkpoint that is missing, corrupt or belongs to another model."""
+
+
+class UsageError(GanforgeError):
+    """A command-line value the model or the file system cannot honour: a class out of range, an
+    impossible count, an output path that cannot be written or already holds the user's files."""

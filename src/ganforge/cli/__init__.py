@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from ganforge import __version__
 from ganforge.cli import audit as audit_command, eval as eval_command, train as train_command
+from ganforge.cli import compare, export, interpolate, report, sample, serve
 from ganforge.errors import GanforgeError
 
 
@@ -33,7 +34,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ganforge", description="Train and evaluate GANs.")
+    parser = argparse.ArgumentParser(prog="ganforge", description="Train and evaluate GANs, and use what you trained.")
     parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_command.add_parser(sub)
@@ -43,6 +44,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
     eval_command.add_parser(sub)
     audit_command.add_parser(sub)
+    for command in (sample, interpolate, compare, report, serve, export):
+        command.add_parser(sub)
     return parser
 
 
