@@ -39,8 +39,11 @@ def cleanup(lines: list[str]) -> str:
 
 def command(groups: list[str], indent: int, columns: int) -> list[str]:
     """A shell command in lines of at most `columns`, continued with ` \\` so it still pastes as one.
-    `groups` are the pieces that stay on one line, e.g. an option and its value."""
+    `groups` are the pieces that stay on one line where they fit, e.g. an option and its value."""
     lines, line = [], " " * indent
+    room = columns - indent - 6
+    # a piece too long for a line of its own is split into words; a single word (a long path) cannot be
+    groups = [w for g in groups for w in (g.split(" ") if len(g) > room else [g])]
     for i, group in enumerate(groups):
         tail = 0 if i == len(groups) - 1 else 2     # room for " \\" unless it is the last piece
         if line.strip() and len(line) + 1 + len(group) + tail > columns:
