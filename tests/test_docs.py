@@ -100,26 +100,44 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("block", [b for b in ALL if b.lang == "text"], ids=lambda b: b.id)
-def test_synopses_in_text_blocks_match_the_parser(block):
-    commands = _subparsers()
-    for line in block.code.splitlines():
+def synopsis_problems(text: str) -> list[str]:
+    """What in `ganforge ...` lines disagrees with the parser: commands, options, offered choices."""
+    commands, problems = _subparsers(), []
+    for line in text.splitlines():
         words = line.split("#")[0].split()
         if words[:1] != ["ganforge"] or len(words) < 2:
             continue
-        assert words[1] in commands, f"{block.id}: no command `ganforge {words[1]}`"
-        parser = commands[words[1]]
-        options = {s: a for a in parser._actions for s in a.option_strings}
+        if words[1] not in commands:
+            problems.append(f"no command `ganforge {words[1]}`")
+            continue
+        options = {s: a for a in commands[words[1]]._actions for s in a.option_strings}
         for k, word in enumerate(words[2:], start=2):
             word = word.strip("[]")
             if not word.startswith("--"):
                 continue
             name = word.split("=")[0]
-            assert name in options, f"{block.id}: `ganforge {words[1]}` has no option {name}"
-            action = options[name]
+            if name not in options:
+                problems.append(f"`ganforge {words[1]}` has no option {name}")
+                continue
             value = word.split("=")[1] if "=" in word else (words[k + 1].strip("[]") if k + 1 < len(words) else "")
-            if action.choices and "|" in value:
-                assert set(value.split("|")) <= set(map(str, action.choices)), f"{block.id}: {line.strip()}"
+            choices = options[name].choices
+            if choices and "|" in value and not set(value.split("|")) <= set(map(str, choices)):
+                problems.append(f"{name} {value}: offered choices are {'|'.join(map(str, choices))}")
+    return problems
+
+
+def test_the_synopsis_check_finds_drift():
+    good = "ganforge train --preset NAME [--device auto|cpu] [--set key=value ...]\nganforge presets"
+    assert synopsis_problems(good) == []
+    bad = "ganforge train --presets NAME\nganforge eval RUN --split train|valid\nganforge fly"
+    assert synopsis_problems(bad) == ["`ganforge train` has no option --presets",
+                                      "--split train|valid: offered choices are train|test",
+                                      "no command `ganforge fly`"]
+
+
+@pytest.mark.parametrize("block", [b for b in ALL if b.lang == "text"], ids=lambda b: b.id)
+def test_synopses_in_text_blocks_match_the_parser(block):
+    assert synopsis_problems(block.code) == [], block.id
 
 
 # ----------------------------------------------------------------------------- bash and python blocks
@@ -184,3 +202,16 @@ def test_block_runs(block, scratch_roots):
         result = subprocess.run([sys.executable, str(script)], cwd=root, env=_env(root), capture_output=True,
                                 text=True, timeout=1200)
         assert result.returncode == 0, f"{block.id} failed:\n{code}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def test_the_stand_in_rules_shrink_as_documented(tmp_path):
+    from docs_stand_ins import TINY_TRAIN, tiny
+
+    assert tiny(["train", "--preset", "demo"]) == ["train", "--preset", "demo", "--max-steps", "2", *TINY_TRAIN]
+    assert tiny(["train", "--resume", "runs/x", "--max-steps", "100"]) == ["train", "--resume", "runs/x",
+                                                                           "--max-steps", "4"]
+    (tmp_path / "checkpoints" / "step_000000002").mkdir(parents=True)
+    wanted = str(tmp_path / "checkpoints" / "step_000012000")
+    assert tiny(["eval", "r", "--n-gen=50000", "--checkpoint", wanted]) == [
+        "eval", "r", "--n-gen", "16", "--checkpoint", str(tmp_path / "checkpoints" / "step_000000002"),
+        "--n-real", "16"]
