@@ -46,6 +46,26 @@ def _newest_checkpoint(path: str) -> str:
     return str(found[-1]) if found else path
 
 
+def _value_of(argv: list[str], option: str) -> str | None:
+    for i, word in enumerate(argv):
+        if word == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith(option + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _starts_a_run(argv: list[str]) -> bool:
+    """A new run (not --resume RUN_DIR; --resume auto when its run has no checkpoint yet)."""
+    resume = _value_of(argv, "--resume")
+    if resume is None:
+        return True
+    if resume != "auto":
+        return False
+    name = _value_of(argv, "--name") or _value_of(argv, "--preset") or "demo"
+    return not any((Path(_value_of(argv, "--out") or "runs") / name / "checkpoints").glob("step_*"))
+
+
 def tiny(argv: list[str]) -> list[str]:
     """The documented shrinking of a `ganforge` command line (see test_docs.py)."""
     if not argv:
@@ -54,7 +74,7 @@ def tiny(argv: list[str]) -> list[str]:
         steps = RESUME_STEPS if "--resume" in argv else TRAIN_STEPS
         max_steps = [argv[i + 1] for i, w in enumerate(argv[:-1]) if w == "--max-steps"]
         argv = _replace_value(argv, ("--max-steps",), str(min([steps, *map(int, max_steps)])), add=True)
-        return argv if "--resume" in argv else argv + TINY_TRAIN
+        return argv + TINY_TRAIN if _starts_a_run(argv) else argv
     if argv[0] == "eval":
         argv = _replace_value(argv, ("--n", "--n-gen"), TINY_N, add=True)
         argv = _replace_value(argv, ("--n-real",), TINY_N, add=True)
