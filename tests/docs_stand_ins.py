@@ -19,6 +19,7 @@ from pathlib import Path
 TINY_TRAIN = ["--set", "data.limit=256", "--set", "model.g_channels=8", "--set", "model.d_channels=8",
               "--set", "train.log_every=1", "--set", "train.eval_n=16"]
 TINY_N = "16"           # generated and real images of an evaluation
+AUDIT_N = "64"          # generated images of an audit (its classifiers need a few of each class)
 TRAIN_STEPS, RESUME_STEPS = 2, 4
 
 
@@ -75,6 +76,9 @@ def tiny(argv: list[str]) -> list[str]:
         max_steps = [argv[i + 1] for i, w in enumerate(argv[:-1]) if w == "--max-steps"]
         argv = _replace_value(argv, ("--max-steps",), str(min([steps, *map(int, max_steps)])), add=True)
         return argv + TINY_TRAIN if _starts_a_run(argv) else argv
+    if argv[0] == "audit":
+        return [_newest_checkpoint(w) if "/checkpoints/" in w else w
+                for w in _replace_value(argv, ("--n",), AUDIT_N, add=True)]
     if argv[0] == "eval":
         argv = _replace_value(argv, ("--n", "--n-gen"), TINY_N, add=True)
         argv = _replace_value(argv, ("--n-real",), TINY_N, add=True)

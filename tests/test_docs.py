@@ -13,7 +13,8 @@ The rules, which are all the test changes about what a reader would copy:
   (tests/docs_stand_ins.py) that run the real thing after one documented change each:
   `ganforge train` stops after 2 steps (4 with --resume) and, for a new run (`--resume auto`
   included, when its run has no checkpoint yet), uses 256 images and 8-channel networks; `ganforge eval` generates and compares 16 images, and a
-  `checkpoints/step_N` that does not exist means that run's newest checkpoint; `torchrun`
+  `checkpoints/step_N` that does not exist means that run's newest checkpoint; `ganforge audit`
+  generates 64 images, with the same checkpoint rule; `torchrun`
   starts 2 CPU processes on this one machine (one node, a local rendezvous); `make T` runs
   target T's own recipe without installing (`make test` only collects the suite, of which this
   test is part); `tensorboard` is started, checked to answer, and stopped;
