@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     for name in PRESETS.names():
         cfg = preset_config(name)
         presence = dataset_presence(cfg.data.name, args.data_dir or cfg.data.root)
+        if not presence.present and args.data_dir:  # not in DIR, but maybe where it needs no --data-dir
+            elsewhere = dataset_presence(cfg.data.name, cfg.data.root)
+            presence = elsewhere if elsewhere.present else presence
         ready += presence.present
         if presence.present:
             status = f"found ({presence.where})"
