@@ -22,11 +22,11 @@ from ganforge.metrics.classifier import CLASSIFIER_DATASETS, weights_path
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def load_split(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images [N, 1, 28, 28] and int64 labels."""
+def load_split(dataset: str, root: Path, split: str, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [N, 1, 28, 28] and int64 labels (the first `limit`, when it is not 0)."""
     from ganforge.data import load_dataset
 
-    data = load_dataset(name=dataset, root=root, split=split)
+    data = load_dataset(name=dataset, root=root, split=split, limit=limit)
     return data.images, data.labels
 
 
@@ -41,14 +41,15 @@ def main() -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0,
                    help="keep 0: smoothing caps the softmax and so the classifier Inception Score")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="default: the shipped weights file in the package")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images of each split (a smoke run)")
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     root = args.root or DEFAULT_ROOT / args.dataset
-    train_x, train_y = load_split(args.dataset, root, "train")
-    test_x, test_y = load_split(args.dataset, root, "test")
+    train_x, train_y = load_split(args.dataset, root, "train", args.limit)
+    test_x, test_y = load_split(args.dataset, root, "test", args.limit)
     print(f"{args.dataset}: {len(train_x)} train, {len(test_x)} test images from {root}")
 
     recipe = Recipe(epochs=args.epochs, min_steps=0, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

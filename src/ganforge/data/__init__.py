@@ -21,9 +21,11 @@ from ganforge.data import mnist5k as _mnist5k  # noqa: F401
 from ganforge.data import folder as _folder  # noqa: F401
 from ganforge.data import cifar as _cifar  # noqa: F401
 from ganforge.data import celeba as _celeba  # noqa: F401
+from ganforge.data.presence import Presence, dataset_presence
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
-           "load_dataset", "dataset_fingerprint", "check_data_dir", "reads", "dataset_table"]
+           "load_dataset", "dataset_fingerprint", "check_data_dir", "reads", "dataset_table", "Presence",
+           "dataset_presence"]
 
 
 def load_dataset(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,
