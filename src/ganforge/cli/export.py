@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Export the generator (inputs z and, for a conditional model, labels; dynamic "
                                    "batch) and check the file against PyTorch on fixed inputs.")
     add_model_arguments(p)
-    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="onnx or torchscript")
     p.add_argument("--out", required=True, help="the file to write (.onnx or .pt)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)

@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="a .png file (a .gif with --gif)")
     p.add_argument("--steps", type=int, default=10, help="images per walk (default 10)")
     p.add_argument("--rows", type=int, help="walks (default 8; 1 for a conditional model, shown for every class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="latent seed (default 0): the same seed gives the same walks")
     p.add_argument("--gif", action="store_true", help="an animation along the walks instead of a grid")
     p.add_argument("--truncation", type=float, help="redraw latent entries beyond ±T")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
