@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from ganforge import __version__
+    from ganforge.runtime import cpu_threads
 
     record = {
         "preset": cfg.preset, "dataset": cfg.data.name, "conditional": cfg.model.conditional,
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "kimg": last["kimg"], "steps": last["step"], "epochs": cfg.train.epochs,
         "train_seconds": last["time"], "eval_seconds": round(eval_seconds, 1),
         "machine": {"cpu": cpu_model(), "load_average_before": round(load_before, 2),
-                    "load_average_after": round(load_after, 2), "threads": torch.get_num_threads()},
+                    "load_average_after": round(load_after, 2), "threads": cpu_threads(cfg.train.threads)},
         "versions": {"ganforge": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "commands": [shlex.join(["ganforge", *train_cmd[3:]]), shlex.join(["ganforge", *eval_cmd[3:]])],
         "date": time.strftime("%Y-%m-%d"),

@@ -20,6 +20,38 @@ def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
     assert all(isinstance(v, float) for v in record["metrics"].values())
     assert record["kimg"] == 0.256 and record["train_seconds"] > 0
     assert record["machine"]["cpu"] and record["versions"]["torch"]
+    assert record["machine"]["threads"] == 1  # the training's threads, not the benchmark process's
     train_cmd, eval_cmd = record["commands"]
     assert train_cmd.startswith("ganforge train --preset demo") and "--epochs 1" in train_cmd
     assert eval_cmd.startswith("ganforge eval") and "--n 64" in eval_cmd
+
+
+def test_ablation_rows_resolve_and_each_technique_row_adds_one_change():
+    from benchmarks.quality_ablation import ROWS
+    from ganforge.config import apply_override, preset_config, to_dict, validate
+
+    configs = {}
+    for row, preset, sets in ROWS:
+        cfg = preset_config(preset)
+        for s in sets:
+            apply_override(cfg, s)
+        validate(cfg)
+        configs[row] = {(g, k): v for g, sub in to_dict(cfg).items() if isinstance(sub, dict) for k, v in sub.items()}
+    technique = [r for r, preset, sets in ROWS if sets]
+    for before, after in zip(technique, technique[1:]):
+        changed = {key for key, value in configs[after].items() if value != configs[before][key]}
+        assert 1 <= len(changed) <= 3, (after, changed)  # the fast row changes batch and both learning rates
+
+
+def test_ablation_table_lists_recorded_rows_and_rejects_unknown_ones(tmp_path, capsys):
+    import pytest
+
+    from benchmarks.quality_ablation import main as ablation, table
+
+    record = {"kimg": 180.0, "train_seconds": 301.4, "metrics": {"cls-fid": 1.234, "cls-is": 9.5}}
+    (tmp_path / "a.json").write_text(json.dumps(record))
+    text = table(["a", "missing"], out=tmp_path)
+    assert "| a | 180 | 301 | 1.23 | 9.50 | – |" in text and "missing" not in text
+    with pytest.raises(SystemExit):
+        ablation(["--data-dir", str(tmp_path), "--only", "no-such-row"])
+    assert "unknown row(s) no-such-row" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Spectral norm, the EMA half-life and the learning-rate decay, each on its own property."""
+"""Spectral norm, minibatch standard deviation, the EMA half-life and the learning-rate decay, each on its
+own property."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from ganforge.config import ModelConfig, from_dict, preset_config, to_dict
 from ganforge.ema import ema_beta, update_ema
+from ganforge.errors import ConfigError
 from ganforge.models import MODELS, build_models
 
 
@@ -37,6 +39,38 @@ def test_spectral_norm_keeps_every_d_layer_near_one(arch):
     _, plain = build_models(ModelConfig(arch=arch, g_channels=8, d_channels=8, d_norm="none"), channels=1, size=28,
                             num_classes=0)
     assert any(abs(s - 1) > 0.2 for s in _top_singular_values(plain))  # without it they are not
+
+
+def test_minibatch_std_adds_one_map_that_measures_variety_within_each_group():
+    from ganforge.models.common import MinibatchStd
+
+    torch.manual_seed(0)
+    layer = MinibatchStd(4)
+    same = torch.randn(1, 3, 5, 5).repeat(8, 1, 1, 1)
+    out = layer(same)
+    assert out.shape == (8, 4, 5, 5) and torch.equal(out[:, :3], same)
+    assert out[:, 3].abs().max() < 1e-3  # identical samples: no spread
+    varied = torch.randn(8, 3, 5, 5)
+    assert (layer(varied)[:, 3] > 0.5).all()
+    # Sample i belongs to group i mod 2 (8 samples, groups of 4): changing sample 0 moves the map of
+    # samples 0, 2, 4, 6 only.
+    moved = varied.clone()
+    moved[0] += 5
+    diff = (layer(moved)[:, 3] - layer(varied)[:, 3]).abs().amax(dim=(1, 2))
+    assert (diff[0::2] > 0.1).all() and (diff[1::2] == 0).all()
+    assert layer(torch.randn(6, 3, 5, 5)).shape == (6, 4, 5, 5)  # a batch not divisible by 4: groups of 3
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_d_mbstd_lets_d_see_the_batch_and_other_archs_refuse_it(arch):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, g_channels=8, d_channels=8, d_norm="none", d_mbstd=4)
+    _, d = build_models(cfg, channels=1, size=28, num_classes=0)
+    x = torch.randn(8, 1, 28, 28)
+    copies = x[:1].repeat(8, 1, 1, 1)
+    assert not torch.allclose(d(x)[0], d(copies)[0])  # the same first image, scored by its company
+    with pytest.raises(ConfigError, match="model.d_mbstd=4"):
+        build_models(ModelConfig(arch="mlp", d_mbstd=4), channels=1, size=28, num_classes=0)
 
 
 def test_arch_d_takes_the_discriminator_of_another_architecture():

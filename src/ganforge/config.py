@@ -43,6 +43,7 @@ class ModelConfig:
     upsample: str = "nearest"       # for arch=upsample: nearest | bilinear
     arch_d: str = ""                # D's architecture when it differs from G's (a key of MODELS); "" = arch
     d_sn: bool = False              # spectral normalisation of every D layer (Miyato et al. 2018)
+    d_mbstd: int = 0                # for dcgan/resnet D: minibatch standard deviation over groups of this size; 0 = off
     ema_kimg: float = 0.0           # half-life of G's exponential moving average in thousands of images; 0 = off
     ema_rampup: float = 0.05        # early on the half-life is at most this fraction of the images seen; 0 = none
 
@@ -237,6 +238,7 @@ def validate(cfg: Config) -> None:
         (cfg.model.ema_kimg >= 0 and cfg.model.ema_rampup >= 0, "model.ema_kimg and model.ema_rampup must be ≥ 0"),
         (cfg.loss.r1_gamma >= 0 and cfg.loss.r2_gamma >= 0, "loss.r1_gamma and loss.r2_gamma must be ≥ 0"),
         (cfg.loss.reg_every >= 1, "loss.reg_every must be at least 1"),
+        (cfg.model.d_mbstd >= 0, "model.d_mbstd must be ≥ 0 (a group size; 0 = off)"),
         (0.0 <= cfg.optim.lr_decay_start <= 1.0, "optim.lr_decay_start must be in [0, 1]"),
         (0.0 <= cfg.optim.lr_decay_to <= 1.0, "optim.lr_decay_to must be in [0, 1]"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),

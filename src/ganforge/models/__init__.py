@@ -36,6 +36,9 @@ def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int
     g, d = MODELS.get(cfg.arch)(cfg, **kw)
     if cfg.arch_d and cfg.arch_d != cfg.arch:
         _, d = MODELS.get(cfg.arch_d)(cfg, **kw)
+    if cfg.d_mbstd and not any(type(m).__name__ == "MinibatchStd" for m in d.modules()):
+        raise ConfigError(f"model.d_mbstd={cfg.d_mbstd}: the {cfg.arch_d or cfg.arch} discriminator has no minibatch "
+                          "standard deviation layer; use arch (or arch_d) dcgan or resnet, or d_mbstd=0")
     if cfg.d_sn:
         spectral_normalise(d)
     return g, d

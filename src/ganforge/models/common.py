@@ -69,3 +69,25 @@ class Projection(nn.Module):
         if labels is None:
             raise ValueError("this discriminator is conditional: pass labels")
         return logit + (self.embed(labels) * features).sum(dim=1)
+
+
+class MinibatchStd(nn.Module):
+    """One more feature map: how much the samples of a group differ (Karras et al. 2018, "Progressive
+    Growing of GANs", section 3). A batch of near-identical fakes then looks unlike a real batch, so
+    D can punish the generator for covering too few modes. [B, C, H, W] -> [B, C + 1, H, W].
+
+    Groups of `group` samples (the largest divisor of the batch that is at most `group`); each
+    group's standard deviation of every feature, averaged into one number, fills its extra map.
+    """
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        g = max(k for k in range(1, min(self.group, b) + 1) if b % k == 0)
+        y = x.float().view(g, b // g, *x.shape[1:])  # [G, M, C, H, W]: sample i of group m is m + i*M
+        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [M]
+        y = y.repeat(g).view(b, 1, 1, 1).expand(b, 1, h, w)
+        return torch.cat([x, y.to(x.dtype)], dim=1)

@@ -17,7 +17,7 @@ from torch import nn
 from ganforge.config import ModelConfig
 from ganforge.errors import ConfigError
 from ganforge.models import register_model
-from ganforge.models.common import LatentWithLabel, Projection, conv_stages, dcgan_init
+from ganforge.models.common import LatentWithLabel, MinibatchStd, Projection, conv_stages, dcgan_init
 
 
 class DCGANGenerator(nn.Module):
@@ -58,7 +58,7 @@ def _d_norm(kind: str, ch: int) -> nn.Module:
 
 class DCGANDiscriminator(nn.Module):
     def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, dropout: float = 0.0,
-                 norm: str = "batch"):
+                 norm: str = "batch", mbstd: int = 0):
         super().__init__()
         if norm not in D_NORMS:
             raise ConfigError(f"model.d_norm={norm!r}: choose one of: {', '.join(D_NORMS)}")
@@ -72,13 +72,14 @@ class DCGANDiscriminator(nn.Module):
                 layers.append(nn.Dropout2d(dropout))
             ch *= 2
         self.features = nn.Sequential(*layers)  # -> [B, ch, start, start]
-        self.head = nn.Conv2d(ch, 1, start, 1, 0)  # -> [B, 1, 1, 1]
+        self.mbstd = MinibatchStd(mbstd) if mbstd else None  # -> [B, ch + 1, start, start]
+        self.head = nn.Conv2d(ch + (1 if mbstd else 0), 1, start, 1, 0)  # -> [B, 1, 1, 1]
         self.project = Projection(num_classes, ch)
         dcgan_init(self)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x)
-        logit = self.head(h).flatten()
+        logit = self.head(self.mbstd(h) if self.mbstd else h).flatten()
         return self.project(logit, h.sum(dim=(2, 3)), labels)
 
 
@@ -86,5 +87,5 @@ class DCGANDiscriminator(nn.Module):
 def build_dcgan(cfg: ModelConfig, *, channels: int, size: int, num_classes: int):
     g = DCGANGenerator(z_dim=cfg.z_dim, channels=channels, size=size, width=cfg.g_channels, num_classes=num_classes)
     d = DCGANDiscriminator(channels=channels, size=size, width=cfg.d_channels, num_classes=num_classes,
-                           dropout=cfg.dropout, norm=cfg.d_norm)
+                           dropout=cfg.dropout, norm=cfg.d_norm, mbstd=cfg.d_mbstd)
     return g, d

@@ -22,7 +22,7 @@ from torch import nn
 
 from ganforge.config import ModelConfig
 from ganforge.models import register_model
-from ganforge.models.common import Projection, conv_stages
+from ganforge.models.common import MinibatchStd, Projection, conv_stages
 
 
 class CondBatchNorm(nn.Module):
@@ -102,13 +102,15 @@ class DBlock(nn.Module):
 
 
 class ResNetDiscriminator(nn.Module):
-    def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0):
+    def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, mbstd: int = 0):
         super().__init__()
         _, stages = conv_stages(size, arch="resnet")
         widths = [width * 2 ** i for i in range(stages)]  # e.g. 64, 128, 256 at 32 pixels, w=64
         blocks = [DBlock(channels, widths[0], down=True, first=True)]
         blocks += [DBlock(widths[i - 1], widths[i], down=True) for i in range(1, stages)]
-        blocks.append(DBlock(widths[-1], widths[-1], down=False))
+        if mbstd:  # [B, w, s0, s0] -> [B, w + 1, s0, s0] before the last block
+            blocks.append(MinibatchStd(mbstd))
+        blocks.append(DBlock(widths[-1] + (1 if mbstd else 0), widths[-1], down=False))
         self.blocks = nn.Sequential(*blocks)  # -> [B, w_last, s0, s0]
         self.linear = nn.Linear(widths[-1], 1)
         self.project = Projection(num_classes, widths[-1])
@@ -121,5 +123,6 @@ class ResNetDiscriminator(nn.Module):
 @register_model("resnet")
 def build_resnet(cfg: ModelConfig, *, channels: int, size: int, num_classes: int):
     g = ResNetGenerator(z_dim=cfg.z_dim, channels=channels, size=size, width=cfg.g_channels, num_classes=num_classes)
-    d = ResNetDiscriminator(channels=channels, size=size, width=cfg.d_channels, num_classes=num_classes)
+    d = ResNetDiscriminator(channels=channels, size=size, width=cfg.d_channels, num_classes=num_classes,
+                            mbstd=cfg.d_mbstd)
     return g, d
