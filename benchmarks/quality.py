@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", help="metric keys (default: the protocol's)")
     ap.add_argument("--record", help="record file (default benchmarks/records/quality/<name>.json)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate an existing run folder")
+    ap.add_argument("--train-note", default="", help="how the training ran, for --skip-train (e.g. what else ran)")
     args = ap.parse_args(argv)
 
     from ganforge.config import load_yaml, preset_config
@@ -121,8 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         "evaluation": evaluation,
         "kimg": last["kimg"], "steps": last["step"], "epochs": cfg.train.epochs,
         "train_seconds": last["time"], "eval_seconds": round(eval_seconds, 1),
-        "machine": {"cpu": cpu_model(), "load_average_before": round(load_before, 2),
-                    "load_average_after": round(load_after, 2), "threads": cpu_threads(cfg.train.threads)},
+        # The load averages say whether anything else ran during this training; unknown for --skip-train.
+        "machine": {"cpu": cpu_model(), "threads": cpu_threads(cfg.train.threads),
+                    "load_average_before": None if args.skip_train else round(load_before, 2),
+                    "load_average_after": None if args.skip_train else round(load_after, 2),
+                    "train_note": args.train_note},
         "versions": {"ganforge": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "commands": [shlex.join(["ganforge", *train_cmd[3:]]), shlex.join(["ganforge", *eval_cmd[3:]])],
         "date": time.strftime("%Y-%m-%d"),
