@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         "kimg": last["kimg"], "steps": last["step"], "epochs": cfg.train.epochs,
         "train_seconds": last["time"], "eval_seconds": round(eval_seconds, 1),
         # The load averages say whether anything else ran during this training; unknown for --skip-train.
-        "machine": {"cpu": cpu_model(), "threads": cpu_threads(cfg.train.threads),
+        "machine": {"cpu": cpu_model(),
+                    "threads": cfg.train.threads or (None if args.skip_train else cpu_threads()),
                     "load_average_before": None if args.skip_train else round(load_before, 2),
                     "load_average_after": None if args.skip_train else round(load_after, 2),
                     "train_note": args.train_note},

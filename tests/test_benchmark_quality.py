@@ -28,10 +28,11 @@ def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
 
     # Evaluating the same run again: the training's load is unknown now, the note says how it ran.
     again = tmp_path / "again.json"
-    main(["--preset", "demo", "--set", "train.threads=1", "--n", "64", "--out", str(tmp_path / "runs"),
-          "--skip-train", "--train-note", "alone", "--record", str(again)])
+    main(["--preset", "demo", "--n", "64", "--out", str(tmp_path / "runs"), "--skip-train", "--train-note", "alone",
+          "--record", str(again)])
     machine = json.loads(again.read_text())["machine"]
     assert machine["load_average_before"] is None and machine["train_note"] == "alone"
+    assert machine["threads"] == 1  # from the run's saved config, not the evaluating process
 
 
 def test_ablation_rows_resolve_and_each_technique_row_adds_one_change():
