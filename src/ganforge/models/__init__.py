@@ -12,6 +12,7 @@ from torch import nn
 
 from ganforge.config import ModelConfig
 from ganforge.errors import ConfigError
+from ganforge.models.common import MinibatchStd
 from ganforge.registry import Registry
 
 # build(cfg, *, channels, size, num_classes) -> (generator, discriminator)
@@ -36,7 +37,7 @@ def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int
     g, d = MODELS.get(cfg.arch)(cfg, **kw)
     if cfg.arch_d and cfg.arch_d != cfg.arch:
         _, d = MODELS.get(cfg.arch_d)(cfg, **kw)
-    if cfg.d_mbstd and not any(type(m).__name__ == "MinibatchStd" for m in d.modules()):
+    if cfg.d_mbstd and not any(isinstance(m, MinibatchStd) for m in d.modules()):
         raise ConfigError(f"model.d_mbstd={cfg.d_mbstd}: the {cfg.arch_d or cfg.arch} discriminator has no minibatch "
                           "standard deviation layer; use arch (or arch_d) dcgan or resnet, or d_mbstd=0")
     if cfg.d_sn:
