@@ -188,6 +188,19 @@ def test_reference_problems_stop_before_any_image_is_generated(nets):
                     n_real=500)
 
 
+def test_too_few_images_for_a_metric_is_refused_before_any_work(nets):
+    # Precision/recall takes each point's 3rd nearest neighbour: with 3 images that is undefined, and
+    # the refusal must come before the reference side, which can take an hour of Inception.
+    def real_images():
+        raise AssertionError("the reference images were loaded before the sample counts were checked")
+
+    with pytest.raises(ConfigError, match="metric pr needs at least 4 generated and real images; got n=3"):
+        ev.evaluate(generate=_replay(_real()), real_images=real_images, dataset_key="toy", metrics=["fid", "pr"], n=3)
+    with pytest.raises(ConfigError, match="got n=10, n_real=3"):
+        ev.evaluate(generate=_replay(_real()), real_images=real_images, dataset_key="toy", metrics=["pr"], n=10,
+                    n_real=3)
+
+
 @pytest.mark.filterwarnings("ignore:kid with n=")
 def test_kid_spread_only_when_subsets_differ(nets):
     small = ev.evaluate(generate=_replay(_real(300, seed=1)), real_images=_real(300), dataset_key="toy",

@@ -72,6 +72,7 @@ class MetricSpec:
     small_n_warning: bool = False                 # FID/KID: biased / noisy below 2048 samples
     needs_logits: bool = False                    # the network must give class logits (Inception Score)
     needs_labels: bool = False                    # the generator must take labels (class accuracy)
+    min_n: int = 2                                # fewest images on each side it is defined for
 
     def why_not(self, ctx: Context) -> Optional[str]:
         """None when this metric can be computed in `ctx`, else the reason, in words."""
@@ -88,11 +89,12 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 
 
 def register(name: str, *, network: str, description: str, fake_needs=(), real_needs=(),
-             small_n_warning: bool = False) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+             small_n_warning: bool = False, min_n: int = 2) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
     def add(fn: Callable[..., dict]) -> Callable[..., dict]:
         METRICS.register(name)(MetricSpec(name, network, description, fn, frozenset(fake_needs),
                                           frozenset(real_needs), small_n_warning,
-                                          needs_logits="logits" in fake_needs, needs_labels="labels" in fake_needs))
+                                          needs_logits="logits" in fake_needs, needs_labels="labels" in fake_needs,
+                                          min_n=min_n))
         return fn
 
     return add
@@ -140,15 +142,18 @@ def _inception_score(fake: Side, real: Optional[Side], *, seed: int) -> dict:
     return _is(fake, seed=seed)
 
 
+PR_K = 3
+
+
 @register("pr", network=INCEPTION, description="precision and recall, k=3 (Kynkäänniemi et al. 2019)",
-          fake_needs={"features"}, real_needs={"features"})
+          fake_needs={"features"}, real_needs={"features"}, min_n=PR_K + 1)   # k neighbours besides itself
 def _pr(fake: Side, real: Side, *, seed: int) -> dict:
     size = min(fake.n, real.n)   # the paper compares equally many samples
     gen = torch.Generator().manual_seed(seed)
     r = real.features[torch.randperm(real.n, generator=gen)[:size]] if real.n > size else real.features
     f = fake.features[:size]
-    pr = mf.precision_recall(r, f, k=3)
-    return {"value": {"precision": pr.precision, "recall": pr.recall}, "k": 3, "n_compared": size}
+    pr = mf.precision_recall(r, f, k=PR_K)
+    return {"value": {"precision": pr.precision, "recall": pr.recall}, "k": PR_K, "n_compared": size}
 
 
 register("cls-fid", network=CLASSIFIER, description="FID on the shipped classifier's penultimate features",

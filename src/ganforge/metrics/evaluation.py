@@ -203,6 +203,10 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
     if not metrics:
         raise ConfigError("no metrics to compute: name at least one of " + ", ".join(METRICS.names()))
     specs: list[MetricSpec] = [METRICS.get(m) for m in dict.fromkeys(metrics)]
+    for s in specs:   # refused now, not after an hour of reference features
+        if n < s.min_n or (s.real_needs and n_real is not None and n_real < s.min_n):
+            raise ConfigError(f"metric {s.name} needs at least {s.min_n} generated and real images; "
+                              f"got n={n}" + ("" if n_real is None else f", n_real={n_real}"))
     t_start = time.perf_counter()
     networks: dict[str, _Network] = {}
     unavailable: dict[str, str] = {}
