@@ -158,7 +158,7 @@ def main() -> None:
     result = {
         "preset": args.preset, "batch_size": args.batch_size, "device": str(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "ganforge": __version__, "cpu": platform.processor() or platform.machine(),
-        "autocast_bf16": tr.autocast, "channels_last": tr.cfg.train.channels_last, "compile": tr.cfg.train.compile,
+        "precision": tr.precision.name, "channels_last": tr.cfg.train.channels_last, "compile": tr.cfg.train.compile,
         "flops_per_image": flops, "peak_fp32_flops": peak32, "peak_bf16_flops": peak16,
         "ganforge_images_per_s": ours_med, "ganforge_windows": ours,
         "ganforge_warmup_seconds": warmup_s,

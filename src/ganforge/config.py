@@ -86,9 +86,10 @@ class TrainConfig:
     checkpoint_steps: int = 0       # also checkpoint every N steps inside an epoch; 0 turns it off
     keep_checkpoints: int = 3
     num_samples: int = 64           # fixed latent vectors drawn for every snapshot (8x8 grid)
-    amp: str = "auto"               # auto (bf16 on CUDA and on CPUs with native bf16) | bf16 | off
+    amp: str = "auto"               # auto (by the device: bf16 where native, fp16 on CUDA 7.x, else fp32) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False           # torch.compile the generator and discriminator
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager compiles fast and needs no C++ compiler)
     threads: int = 0                # CPU threads; 0 uses every core
     eval_every: int = 0             # epochs between evaluations logged to metrics.jsonl; 0 turns it off
     eval_every_kimg: float = 0.0    # also evaluate every this many thousand real images; 0 turns it off
@@ -233,7 +234,7 @@ def validate(cfg: Config) -> None:
         (t.num_samples >= 1, "train.num_samples must be at least 1"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
          f"train.device={t.device!r}: choose auto, cpu, cuda or mps"),
-        (t.amp in ("auto", "bf16", "off"), f"train.amp={t.amp!r}: choose auto, bf16 or off"),
+        (t.amp in ("auto", "bf16", "fp16", "off"), f"train.amp={t.amp!r}: choose auto, bf16, fp16 or off"),
         (cfg.model.z_dim >= 1, "model.z_dim must be at least 1"),
         (cfg.model.ema_kimg >= 0 and cfg.model.ema_rampup >= 0, "model.ema_kimg and model.ema_rampup must be ≥ 0"),
         (cfg.loss.r1_gamma >= 0 and cfg.loss.r2_gamma >= 0, "loss.r1_gamma and loss.r2_gamma must be ≥ 0"),

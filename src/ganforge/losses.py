@@ -17,11 +17,12 @@ Every generator loss takes the real logits too (`g_loss(fake, real)`); only rela
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from ganforge import precision
 from ganforge.config import LossConfig
 from ganforge.registry import Registry
 
@@ -78,22 +79,26 @@ LOSSES.register("rpgan")(GANLoss(
 ))
 
 
-def zero_centred_penalty(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+def zero_centred_penalty(outputs: torch.Tensor, inputs: torch.Tensor,
+                         scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
     """E[||grad_x D(x)||^2] over the batch: R1 when `inputs` are real, R2 when generated.
 
     `inputs` must require grad and `outputs` be D's logits for them; the graph is kept so the
     penalty can be minimised. The loss adds gamma / 2 times this (Mescheder et al. 2018, eq. 9).
+    Under fp16 the gradient is taken of the scaled output (so it does not underflow) and unscaled
+    before it is squared (`ganforge.precision`).
     """
-    (grad,) = torch.autograd.grad(outputs.float().sum(), inputs, create_graph=True)
-    return grad.float().flatten(1).pow(2).sum(dim=1).mean()
+    (grad,) = torch.autograd.grad(precision.scale(outputs.float().sum(), scaler), inputs, create_graph=True)
+    return precision.unscale(grad, scaler).float().flatten(1).pow(2).sum(dim=1).mean()
 
 
 def gradient_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
-                     labels: torch.Tensor | None = None, *, alpha: torch.Tensor | None = None) -> torch.Tensor:
+                     labels: torch.Tensor | None = None, *, alpha: torch.Tensor | None = None,
+                     scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
     """E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat on random lines between real and fake samples."""
     if alpha is None:
         alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     out = critic(x_hat, labels)
-    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-    return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+    (grad,) = torch.autograd.grad(precision.scale(out.float().sum(), scaler), x_hat, create_graph=True)
+    return (precision.unscale(grad, scaler).float().flatten(1).norm(2, dim=1) - 1).pow(2).mean()

@@ -1,12 +1,13 @@
 """Where and how a run executes: device, threads, determinism, torchrun ranks and RNG state.
 
 Under `torchrun`, RANK / WORLD_SIZE / LOCAL_RANK are set; we join the process group (NCCL on
-CUDA, gloo on CPU) and average gradients across ranks after each backward pass.
+CUDA, gloo on CPU); `ganforge.gradsync` averages the gradients while backward runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -71,22 +72,20 @@ class Dist:
             dist.all_reduce(values)
         return values
 
-    def agree(self, sums: dict[str, torch.Tensor], counts: dict[str, int],
+    def agree(self, sums: dict[str, torch.Tensor], counts: dict[str, int | torch.Tensor],
               flags: list[torch.Tensor]) -> tuple[dict[str, float], list[int]]:
         """One all-reduce and one host sync for a log window: each key's mean over every rank's steps
-        (`sums[k]` over `counts[k]` steps on each rank), and on how many ranks each boolean flag is set."""
+        (`sums[k]` over `counts[k]` steps on each rank), and on how many ranks each boolean flag is set.
+        A count may be a device tensor (steps whose value was finite, under fp16), so nothing syncs early."""
         keys = list(sums)  # the same keys in the same order on every rank: they run the same steps
         device = flags[0].device
         packed = torch.cat([torch.stack([sums[k].float() for k in keys]) if keys else torch.zeros(0, device=device),
-                            torch.tensor([counts[k] for k in keys], dtype=torch.float32, device=device),
+                            torch.stack([torch.as_tensor(counts[k], dtype=torch.float32, device=device) for k in keys])
+                            if keys else torch.zeros(0, device=device),
                             torch.stack([f.float() for f in flags])])
         values = self.sum(packed).tolist()
         n = len(keys)
-        return {k: s / c for k, s, c in zip(keys, values[:n], values[n:2 * n])}, [round(v) for v in values[2 * n:]]
-
-    def average_gradients(self, module: torch.nn.Module) -> None:
-        """See `average_gradients`."""
-        average_gradients(module, self.world_size)
+        return {k: s / c if c else math.nan for k, s, c in zip(keys, values[:n], values[n:2 * n])}, [round(v) for v in values[2 * n:]]
 
     def average_buffers(self, *modules: torch.nn.Module) -> None:
         """Average batch-norm running statistics so every rank (and the checkpoint) holds the same model."""
@@ -143,7 +142,9 @@ class Dist:
         return f"{launcher} -m ganforge {args}"
 
 
-def pick_device(name: str, *, local_rank: int = 0) -> torch.device:
+def pick_device(name: str, *, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device `train.device` names. Under torchrun every rank takes the GPU of its LOCAL_RANK (the
+    process group was set up so, `Dist.from_env`), so a fixed `cuda:N` there is refused."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -156,22 +157,16 @@ def pick_device(name: str, *, local_rank: int = 0) -> torch.device:
         raise ConfigError("train.device=mps: MPS is not available on this machine; use cpu or auto")
     if name == "cuda":
         return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds this device up: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX).
-
-    Without native support oneDNN emulates bf16 and it is slower than fp32, so `amp=auto` stays fp32.
-    """
-    if device.type == "cuda":
-        return True
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
+    if name.startswith("cuda:") and world_size > 1:
+        raise ConfigError(f"train.device={name} under torchrun: each rank uses the GPU of its LOCAL_RANK; "
+                          f"use train.device=cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r}: choose auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def init_distributed(device_name: str) -> Dist:
@@ -185,16 +180,47 @@ def cpu_threads(requested: int = 0, *, world_size: int = 1) -> int:
 
 
 def configure(cfg: TrainConfig, *, world_size: int = 1) -> None:
-    """Threads and determinism. CPU threads are split between ranks so cores are not oversubscribed."""
+    """Threads and determinism. CPU threads are split between ranks so cores are not oversubscribed.
+
+    deterministic=true makes PyTorch raise on an operation without a deterministic kernel (on CUDA,
+    e.g. the bilinear upsampling backward) rather than warn: a warning would leave the promised
+    bit-identical resume silently broken. The trainer turns that error into one line naming the
+    operation (`nondeterministic_op`). TF32 stays on for training's matmuls and convolutions (fast
+    on Ampere and newer, and deterministic); the evaluation's feature networks turn it off.
+    """
     torch.set_num_threads(cpu_threads(cfg.threads, world_size=world_size))
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    if cfg.deterministic:  # cuBLAS is deterministic only with a fixed workspace, read when CUDA starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+_NONDETERMINISTIC = "does not have a deterministic implementation"
+
+
+def nondeterministic_op(exc: BaseException) -> Optional[str]:
+    """The operation PyTorch names when deterministic mode refuses it ("upsample_bilinear2d_backward_out_cuda
+    does not have a deterministic implementation, but you set ..."), or None for any other error."""
+    text = str(exc)
+    if _NONDETERMINISTIC not in text:
+        return None
+    words = text.split(_NONDETERMINISTIC)[0].split()
+    return words[-1] if words else "an operation"
+
+
+def deterministic_conflict(cfg: Any, device: torch.device) -> Optional[str]:
+    """A setting that `train.deterministic=true` cannot make deterministic on `device`, found before any
+    work (the rest surface at the first step, through `nondeterministic_op`)."""
+    if not cfg.train.deterministic or device.type != "cuda":
+        return None
+    archs = {cfg.model.arch, cfg.model.arch_d or cfg.model.arch}
+    if "upsample" in archs and cfg.model.upsample == "bilinear":
+        return ("train.deterministic=true: model.upsample=bilinear needs upsample_bilinear2d_backward, which has "
+                "no deterministic CUDA kernel; use model.upsample=nearest or train.deterministic=false")
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -203,8 +229,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """Every RNG that decides the future, in a form `torch.load(weights_only=True)` accepts."""
+def rng_state(device: Optional[torch.device] = None) -> dict:
+    """Every RNG that decides the future, in a form `torch.load(weights_only=True)` accepts.
+
+    Of the CUDA generators only this process's device is kept: a rank draws on its own GPU alone,
+    and the run may resume where a different number of GPUs is visible.
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
     state = {
@@ -213,37 +243,23 @@ def rng_state() -> dict:
                   "gauss": gauss},
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda" and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: Optional[torch.device] = None) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def average_gradients(module: torch.nn.Module, world_size: int) -> None:
-    """All-reduce and average the gradients of `module` in one flat buffer.
-
-    Done by hand (as StyleGAN2-ADA does) rather than with DDP's hooks because a GAN step calls
-    D several times before one backward (real, fake, and the gradient-penalty double backward).
-    """
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if world_size <= 1 or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat.div_(world_size)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return  # saved or resumed on a CPU: the CUDA generator keeps its seed
+    if isinstance(cuda, (list, tuple)):  # checkpoints of 0.1.0 kept one state per visible GPU
+        cuda = cuda[min(device.index or 0, len(cuda) - 1)]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def broadcast_module(module: torch.nn.Module) -> None:

@@ -38,11 +38,12 @@ from ganforge.data.batches import DeviceBatches
 from ganforge.errors import CheckpointError, ConfigError, GanforgeError
 from ganforge.health import HealthGuard, Verdict
 from ganforge.ema import ema_beta, update_ema
+from ganforge.gradsync import GradSync
 from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
 from ganforge.models import build_models
 from ganforge.optim import OPTIMIZERS
 from ganforge.resume import check_ranks, check_resume
-from ganforge import runtime
+from ganforge import precision, runtime
 
 
 @dataclass
@@ -69,7 +70,11 @@ class Trainer:
         self.changes = check_resume(run_dir, cfg, allow=allow_changes) if resume else {}
         t = cfg.train
         runtime.configure(t, world_size=dist.world_size)
-        self.device = runtime.pick_device(t.device, local_rank=dist.local_rank)
+        self.device = runtime.pick_device(t.device, local_rank=dist.local_rank, world_size=dist.world_size)
+        self.precision = precision.choose(t.amp, self.device)
+        conflict = runtime.deterministic_conflict(cfg, self.device)
+        if conflict:
+            raise ConfigError(conflict)
         self.loss = LOSSES.get(cfg.loss.name)
         OPTIMIZERS.get(cfg.optim.name)  # refuse an unknown optimizer before the data loads
         self.augment = DiffAugment(cfg.data.augment)
@@ -123,10 +128,19 @@ class Trainer:
             self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes,
                                           shard=dist.enabled)
         self.fixed_z, self.fixed_labels = self._fixed_latents()
-        self.autocast = t.amp == "bf16" or (t.amp == "auto" and runtime.fast_bf16(self.device))
-        self.g_step_fn, self.d_step_fn = self.G, self.D
+        # One loss scaler per optimizer: D's and G's gradients overflow at different scales (fp16 only).
+        self.scaler_d, self.scaler_g = self.precision.scaler(self.device), self.precision.scaler(self.device)
+        self.sync_d = GradSync(self.D, world_size=dist.world_size)
+        self.sync_g = GradSync(self.G, world_size=dist.world_size)
+        # The compiled modules share the eager ones' weights. Compiled graphs have no double backward,
+        # so the passes a gradient penalty differentiates twice call the eager D (`train_step`).
+        self.g_fast, self.d_fast = self.G, self.D
         if t.compile:
-            self.g_step_fn, self.d_step_fn = torch.compile(self.G), torch.compile(self.D)
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if t.compile_backend not in backends:
+                raise ConfigError(f"train.compile_backend={t.compile_backend!r}: choose one of {', '.join(backends)}")
+            self.g_fast = torch.compile(self.G, backend=t.compile_backend)
+            self.d_fast = torch.compile(self.D, backend=t.compile_backend)
 
         self.progress = Progress()
         self.resumed = resume
@@ -176,17 +190,16 @@ class Trainer:
             raise CheckpointError(f"{path}: does not fit this model and optimizer ({detail})") from None
         vars(self.progress).update(vars(Progress(**state["progress"])))  # in place: the loop holds it
         self._apply_lr_scale()
-        runtime.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        for scaler, key in ((self.scaler_d, "scaler_d"), (self.scaler_g, "scaler_g")):
+            if scaler.is_enabled() and state.get(key):
+                scaler.load_state_dict(state[key])
+        runtime.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)], self.device)
         if self.dist.is_main:
             print(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch + 1}, "
                   f"{self.progress.images / 1000:.1f} kimg", flush=True)
         return path
 
     # ------------------------------------------------------------------ one step
-
-    def _noise(self, batch: int, labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        z = torch.randn(batch, self.cfg.model.z_dim, device=self.device)
-        return z, labels  # fakes are drawn with the real batch's labels (class-balanced like the data)
 
     def train_step(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
         cfg, step = self.cfg, self.progress.step
@@ -196,44 +209,62 @@ class Trainer:
         reg = step % cfg.loss.reg_every == 0
         r1, r2 = reg and cfg.loss.r1_gamma > 0, reg and cfg.loss.r2_gamma > 0
         self._schedule_lr()
-        aug = self.augment
-        z, fake_labels = self._noise(x.shape[0], labels)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        aug, amp = self.augment, self.precision.autocast(self.device)
+        z = torch.randn(x.shape[0], cfg.model.z_dim, device=self.device)
+        fake_labels = labels  # fakes are drawn with the real batch's labels (class-balanced like the data)
+        with amp:
             with torch.set_grad_enabled(update_g):  # no G graph when only D learns this step
-                fake = self.g_step_fn(z, fake_labels)
+                fake = self.g_fast(z, fake_labels)
             # R1 / R2 differentiate D's logits with respect to the images before augmentation.
             real_in, fake_in = x.detach().requires_grad_(r1), fake.detach().requires_grad_(r2)
-            d_real = self.d_step_fn(aug(real_in), labels).float()
-            d_fake = self.d_step_fn(aug(fake_in), fake_labels).float()
+            d_real = (self.D if r1 else self.d_fast)(aug(real_in), labels).float()
+            d_fake = (self.D if r2 else self.d_fast)(aug(fake_in), fake_labels).float()
             loss_d = self.loss.d_loss(d_real, d_fake, cfg.loss)
         if r1:  # lazy regularisation: every reg_every steps, weighted by reg_every (Karras et al. 2020)
-            loss_d = loss_d + cfg.loss.r1_gamma / 2 * cfg.loss.reg_every * zero_centred_penalty(d_real, real_in)
+            loss_d = loss_d + cfg.loss.r1_gamma / 2 * cfg.loss.reg_every * zero_centred_penalty(
+                d_real, real_in, self.scaler_d)
         if r2:
-            loss_d = loss_d + cfg.loss.r2_gamma / 2 * cfg.loss.reg_every * zero_centred_penalty(d_fake, fake_in)
+            loss_d = loss_d + cfg.loss.r2_gamma / 2 * cfg.loss.reg_every * zero_centred_penalty(
+                d_fake, fake_in, self.scaler_d)
         if self.loss.gradient_penalty:
-            gp = gradient_penalty(self.d_step_fn, x, fake.detach().float(), labels)
+            gp = gradient_penalty(self.D, x, fake.detach().float(), labels, scaler=self.scaler_d)
             loss_d = loss_d + cfg.loss.gp_weight * gp
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.dist.average_gradients(self.D)
-        self.opt_d.step()
+        self._optimize(loss_d, self.opt_d, self.scaler_d, self.sync_d)
         # D(x), D(G(z)): probabilities for the sigmoid losses, raw critic values for the others.
         squash = torch.sigmoid if self.health.probabilities else (lambda v: v)
         self._accumulate(loss_d=loss_d, d_real=squash(d_real.detach()).mean(), d_fake=squash(d_fake.detach()).mean())
 
         if update_g:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                real_logits = None
-                if self.loss.relativistic:  # the pairing compares with the updated D's real logits
-                    with torch.no_grad():
-                        real_logits = self.d_step_fn(aug(x), labels).float()
-                loss_g = self.loss.g_loss(self.d_step_fn(aug(fake), fake_labels).float(), real_logits)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.dist.average_gradients(self.G)
-            self.opt_g.step()
+            # G's loss needs D's gradient with respect to its input only: frozen, D's weights get none.
+            self.D.requires_grad_(False)
+            try:
+                with amp:
+                    real_logits = None
+                    if self.loss.relativistic:  # the pairing compares with the updated D's real logits
+                        with torch.no_grad():
+                            real_logits = self.d_fast(aug(x), labels).float()
+                    loss_g = self.loss.g_loss(self.d_fast(aug(fake), fake_labels).float(), real_logits)
+                self._optimize(loss_g, self.opt_g, self.scaler_g, self.sync_g)
+            finally:
+                self.D.requires_grad_(True)
             self._update_ema(images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic)
             self._accumulate(loss_g=loss_g)
+            if self.precision.scaled:
+                self._accumulate(loss_scale_g=self.scaler_g._get_scale_async())
+        if self.precision.scaled:  # the current loss scales, logged: a scale that keeps falling means overflows
+            self._accumulate(loss_scale_d=self.scaler_d._get_scale_async())
+
+    @staticmethod
+    def _optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  sync: GradSync) -> None:
+        """Backward with the gradient all-reduce overlapped, then the step. Under fp16 the loss is scaled
+        and a step whose averaged gradients overflowed is skipped, alike on every rank."""
+        opt.zero_grad(set_to_none=True)
+        sync.arm()
+        scaler.scale(loss).backward()
+        sync.finish()
+        scaler.step(opt)
+        scaler.update()
 
     def _schedule_lr(self) -> None:
         """Linear decay of both learning rates over the last part of training (optim.lr_decay_start)."""
@@ -255,11 +286,17 @@ class Trainer:
         update_ema(self.G_ema, self.G, beta)
 
     def _accumulate(self, **values: torch.Tensor) -> None:
-        """Add step values to the window's sums; each key is averaged over the steps that reported it."""
+        """Add step values to the window's sums; each key is averaged over the steps that reported it.
+        Under fp16 a step the scaler skipped (an overflow) may have an infinite loss: it is left out of
+        the mean, counted on the device, so that no step waits for the host."""
         for k, v in values.items():
             v = v.detach().float()
+            count: int | torch.Tensor = 1
+            if self.precision.scaled:
+                count = torch.isfinite(v).float()
+                v = torch.where(count > 0, v, torch.zeros_like(v))
             self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
-            self._counts[k] = self._counts.get(k, 0) + 1
+            self._counts[k] = self._counts[k] + count if k in self._counts else count
 
     # ------------------------------------------------------------------ loop
 
@@ -276,6 +313,13 @@ class Trainer:
         self._start_wall = time.perf_counter() - p.wall
         try:
             verdict = self._train()
+        except RuntimeError as exc:
+            op = runtime.nondeterministic_op(exc)
+            if op is None:
+                raise
+            raise ConfigError(f"train.deterministic=true: {op} has no deterministic implementation on "
+                              f"{self.device.type}; set train.deterministic=false, or change the setting that "
+                              f"uses it (e.g. model.upsample=nearest)") from None
         except OSError as exc:  # a full or vanished disk while logging: the last checkpoint is intact
             raise GanforgeError(f"cannot write {exc.filename or self.run_dir} ({exc.strerror or exc}); free space, "
                                 f"then resume from the last checkpoint: --resume {self.run_dir}") from None
@@ -441,10 +485,10 @@ class Trainer:
         """Checkpoint the full state (rank 0 writes); called only after a healthy window end."""
         # Every rank's RNG goes into the checkpoint so a resumed multi-rank run draws the same noise.
         if name is None:  # a named copy (best) is written by rank 0 alone
-            states = self.dist.gather(runtime.rng_state())
+            states = self.dist.gather(runtime.rng_state(self.device))
             self.dist.check_in_sync(self.G, self.D)
         else:
-            states = [runtime.rng_state()]
+            states = [runtime.rng_state(self.device)]
         if not self.dist.is_main:
             return None
         tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
@@ -452,6 +496,7 @@ class Trainer:
         if self.G_ema is not None:
             tensors.update({f"G_ema.{k}": v for k, v in self.G_ema.state_dict().items()})
         state = {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                 "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
                  "progress": vars(self.progress).copy(), "rng": states, "config": to_dict(self.cfg),
                  "data_shape": self.data_info, "version": __version__, "world_size": self.dist.world_size}
         return save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
