@@ -28,10 +28,11 @@ from ganforge.config import Config
 from ganforge.errors import ConfigError
 
 FP32 = 4
-# Backward holds, besides what the forward saved, the gradients of one or two layers' activations at
-# a time. Measured on CPU (tests/test_capacity.py): the tensors autograd saves for a D and G step of
-# dcgan, upsample, mlp and resnet are 0.8-1.0 times the forward allocations counted here; the 1.25
-# covers those transient gradient buffers without being the 2-3x of a worst case that would refuse
+# The forward allocations counted here are close to what autograd keeps for backward (measured on
+# CPU for one real step at batch 32, tests/test_capacity.py: they are 0.93-1.43 times the peak of the
+# saved tensors; 1.0 for dcgan, 1.43 for resnet, whose forward makes temporaries it does not keep).
+# Backward also holds the gradients of one or two layers' activations at a time, which that
+# measurement leaves out: the 1.25 covers them without the 2-3x of a worst case that would refuse
 # runs that fit.
 BACKWARD_FACTOR = 1.25
 # Kept free on a GPU for the CUDA context, cuDNN workspaces and the allocator's fragmentation.
@@ -63,7 +64,7 @@ class Estimate:
 
 
 def _millions(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n < 1e6 else f"{n / 1e6:.1f}M"
+    return f"{n / 1e6:.3f}M" if n < 1e6 else f"{n / 1e6:.1f}M"
 
 
 def _gib(n: float) -> str:
@@ -166,7 +167,8 @@ def device_capacity(device: torch.device, *, processes: int = 1) -> Optional[tup
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         total = torch.cuda.get_device_properties(index).total_memory
-        usable, what = int(total * (1 - CUDA_MARGIN)), f"{_gib(total)} of cuda:{index}"
+        usable = int(total * (1 - CUDA_MARGIN))
+        what = f"{_gib(usable)} usable on cuda:{index} ({_gib(total)}, less {CUDA_MARGIN:.0%} for the CUDA context)"
         try:
             free, _ = torch.cuda.mem_get_info(index)
         except RuntimeError:
@@ -178,8 +180,9 @@ def device_capacity(device: torch.device, *, processes: int = 1) -> Optional[tup
         available = host_available()
         if available is None:
             return None
+        usable = int(available * (1 - HOST_MARGIN) / processes)
         share = f", shared by {processes} processes" if processes > 1 else ""
-        return int(available * (1 - HOST_MARGIN) / processes), f"{_gib(available)} of RAM available{share}"
+        return usable, f"{_gib(usable)} usable of the {_gib(available)} of RAM available{share}"
     return None
 
 
