@@ -136,7 +136,11 @@ def _step_activations(cfg: Config, g: nn.Module, d: nn.Module, channels: int, si
 
 def forward_bytes(module: nn.Module, *inputs) -> int:
     """Bytes of every new tensor storage made by one forward of `module` (its parameters and buffers
-    excluded), each storage counted once: views and in-place results (ReLU(inplace=True)) share one."""
+    excluded), each storage counted once: views and in-place results (ReLU(inplace=True)) share one.
+
+    A dispatch mode sees every aten operation, the functional ones inside `forward` included (ResNet's
+    interpolations and activations), where forward hooks would see only the outputs of modules.
+    """
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
