@@ -196,8 +196,8 @@ def test_a_512_pixel_upsample_model_is_refused_on_16_gb_in_one_line(tmp_path, ca
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("ganforge: error: model: G 107.2M + D 269.1M parameters, about ")
-    assert ("at batch 128 — more than the 14.4 GiB usable on cuda:0 (16.0 GiB, less 10% for the CUDA context); lower model.g_channels/model.d_channels, "
-            "data.size or train.batch_size") in err
+    assert ("at batch 128 — more than the 14.4 GiB usable on cuda:0 (16.0 GiB, less 10% for the CUDA context); "
+            "lower model.g_channels/model.d_channels, data.size or train.batch_size") in err
     assert list((tmp_path / "runs").iterdir()) == []
 
 

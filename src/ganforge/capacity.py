@@ -58,9 +58,11 @@ class Estimate:
         return f"G {_millions(self.g_params)}{sep}D {_millions(self.d_params)} parameters"
 
     def summary(self) -> str:
-        """The start-up line: `model: G 3.6M, D 2.8M parameters; about 0.3 GiB per step at batch 64 (estimate)`."""
+        """The start-up line: `model: G 3.6M, D 2.8M parameters; about 0.3 GiB per step at batch 64
+        (estimate)`."""
         what = "per step" if self.activation_bytes is not None else "for weights and optimizer state"
-        return f"model: {self.params_text()}; about {_gib(self.total_bytes)} {what} at batch {self.batch_size} (estimate)"
+        return (f"model: {self.params_text()}; about {_gib(self.total_bytes)} {what} at batch {self.batch_size} "
+                f"(estimate)")
 
 
 def _millions(n: int) -> str:
@@ -178,7 +180,8 @@ def device_capacity(device: torch.device, *, processes: int = 1) -> Optional[tup
         except RuntimeError:
             free = None
         if free is not None and free < usable:
-            usable, what = free, f"{_gib(free)} free on cuda:{index} (of its {_gib(total)}; other processes hold the rest)"
+            usable = free
+            what = f"{_gib(free)} free on cuda:{index} (of its {_gib(total)}; other processes hold the rest)"
         return usable, what
     if device.type in ("cpu", "mps"):  # MPS shares the host's memory
         available = host_available()
