@@ -43,7 +43,7 @@ from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
 from ganforge.models import build_models
 from ganforge.optim import OPTIMIZERS
 from ganforge.resume import check_ranks, check_resume
-from ganforge import precision, runtime
+from ganforge import capacity, precision, runtime
 
 
 @dataclass
@@ -86,6 +86,9 @@ class Trainer:
         runtime.seed_everything(t.seed)  # same initial weights on every rank
         # A folder's classes are known only after listing it: assume some for this first check.
         guess_classes = spec.num_classes or (2 if cfg.model.conditional and spec.name == "folder" else 0)
+        self.estimate = capacity.check_start(cfg, channels=shape[0], size=shape[1], num_classes=guess_classes,
+                                             device=self.device, dist=dist,  # on meta: refuses before allocating
+                                             half_precision=self.precision.dtype is not None)
         self.G, self.D = build_models(cfg.model, channels=shape[0], size=shape[1], num_classes=guess_classes)
         penalised = self.loss.gradient_penalty or cfg.loss.r1_gamma > 0 or cfg.loss.r2_gamma > 0
         if penalised and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules()):
@@ -149,6 +152,8 @@ class Trainer:
         else:  # different noise on every rank, after the shared weight initialisation
             runtime.seed_everything(t.seed + 1 + dist.rank)
         self.log = RunLog(run_dir, resume_step=self.progress.step if resume else None) if dist.is_main else None
+        if self.log is not None:  # the start is accepted: record what it was estimated to need
+            capacity.save_record(self.estimate, run_dir)
         self.health = HealthGuard(loss_has_probabilities=self.loss.probabilities)
         # The learning-rate schedule's horizon is the configured epochs (not max_steps), so a run
         # stopped early and resumed follows the same schedule.
