@@ -150,11 +150,12 @@ def test_no_cache_writes_nothing(tmp_path, cache_dir):
 
 def test_damaged_cache_file_is_decoded_again(tmp_path, cache_dir):
     write_idx(tmp_path)
-    a = load_dataset(name="mnist", root=tmp_path)
+    a = load_dataset(name="mnist", root=tmp_path).images.clone()  # the mapping dies with the truncation
     (f,) = cached_files()
-    f.write_bytes(f.read_bytes()[:1000])
+    images = f / "images.npy"
+    images.write_bytes(images.read_bytes()[:1000])
     b = load_dataset(name="mnist", root=tmp_path)
-    assert torch.equal(a.images, b.images)
+    assert torch.equal(a, b.images)
 
 
 def test_mnist5k_packaged():

@@ -29,6 +29,8 @@ class DataConfig:
     limit: int = 0                  # use only the first N images; 0 uses all
     hflip: bool = False             # random horizontal flips, drawn batch-wise on the device
     augment: str = ""               # DiffAugment policy for every image D sees: comma-separated translation,cutout,color
+    placement: str = "auto"         # where the uint8 training set lives: auto | device | host (data/batches.py)
+    device_share: float = 0.5       # auto: copy the set onto a CUDA device only if it takes at most this share of its memory
 
 
 @dataclass
@@ -248,6 +250,9 @@ def validate(cfg: Config) -> None:
         (cfg.loss.n_critic >= 1, "loss.n_critic must be at least 1"),
         (cfg.optim.lr_g > 0 and cfg.optim.lr_d > 0, "optim.lr_g and optim.lr_d must be positive"),
         (cfg.data.size >= 0 and cfg.data.limit >= 0, "data.size and data.limit must be ≥ 0"),
+        (cfg.data.placement in ("auto", "device", "host"),
+         f"data.placement={cfg.data.placement!r}: choose auto, device or host"),
+        (0.0 < cfg.data.device_share <= 1.0, f"data.device_share={cfg.data.device_share:g}: must be in (0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Optional
 
 import numpy as np
@@ -23,6 +24,10 @@ import torch.distributed as dist
 
 from ganforge.config import TrainConfig
 from ganforge.errors import ConfigError, GanforgeError
+
+
+_PATIENT: dict = {"group": None}  # the process group of `Dist.patient_gather`, one per process
+_PATIENT_TIMEOUT = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class Dist:
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             dist.init_process_group("nccl" if use_nccl else "gloo", store=dist.PrefixStore(f"attempt-{attempt}", store),
                                     rank=info.rank, world_size=world)
+        if _PATIENT["group"] is None:
+            # Made here, while every rank is at the same point: making it later, when some ranks wait on
+            # another's decode, would itself time out.
+            _PATIENT["group"] = dist.new_group(backend="gloo", timeout=_PATIENT_TIMEOUT)
         return info
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -116,6 +125,16 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def patient_gather(self, obj: Any) -> list:
+        """`gather`, over a gloo group that waits up to a day instead of the default collective timeout
+        (10 minutes under NCCL): for ranks that wait on another rank's long work, such as the one
+        decode per host of a large image folder. gloo, because the objects are small host values."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=_PATIENT["group"])
+        return out
+
     def check_in_sync(self, *modules: torch.nn.Module) -> None:
         """Refuse to checkpoint if the ranks' weights have drifted apart (they must be bit-identical)."""
         if not self.enabled:
@@ -130,7 +149,8 @@ class Dist:
         """Leave the process group once every rank is done."""
         if self.enabled and dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # every group, the patient one included
+            _PATIENT["group"] = None
 
     def command(self, args: str) -> str:
         """The command line that starts this run's processes again with ganforge `args` (e.g. to resume)."""

@@ -34,7 +34,7 @@ from ganforge.augment import DiffAugment
 from ganforge.checkpoint import load_latest, save_checkpoint, split_prefix
 from ganforge.config import Config, save_yaml, to_dict
 from ganforge.data import DATASETS, load_dataset
-from ganforge.data.batches import DeviceBatches
+from ganforge.data.batches import DeviceBatches, choose_placement, describe
 from ganforge.errors import CheckpointError, ConfigError, GanforgeError
 from ganforge.health import HealthGuard, Verdict
 from ganforge.ema import ema_beta, update_ema
@@ -97,7 +97,11 @@ class Trainer:
                               f"discriminator mixes across the batch; use model.d_norm=layer or none "
                               f"(architecture {cfg.model.arch!r})")
         data = load_dataset(name=cfg.data.name, root=cfg.data.root, split=cfg.data.split, size=cfg.data.size,
-                            limit=cfg.data.limit)
+                            limit=cfg.data.limit, dist=dist)  # one decode per host under torchrun
+        # Where the set lives is decided (and a forced device copy that cannot fit refused) before any model
+        # weights or optimizer state take device memory.
+        placement = choose_placement(cfg.data.placement, share=cfg.data.device_share, nbytes=data.images.nbytes,
+                                     device=self.device)
         if (data.channels, data.size) != shape or data.num_classes != guess_classes:
             runtime.seed_everything(t.seed)
             self.G, self.D = build_models(cfg.model, channels=data.channels, size=data.size,
@@ -122,8 +126,11 @@ class Trainer:
         self.opt_d = build_opt(self.D.parameters(), cfg.optim.lr_d, cfg.optim, self.device)
         self.batches = DeviceBatches(data.images, data.labels if self.num_classes else None,
                                      batch_size=t.batch_size, seed=t.seed, device=self.device,
-                                     rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip)
-        self.real_preview = data.images[: t.num_samples]
+                                     rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip,
+                                     placement=placement)
+        if dist.is_main:
+            print(describe(data.images, placement=placement, device=self.device, mapped=data.mapped), flush=True)
+        self.real_preview = data.images[: t.num_samples].clone()  # a small copy, not a view pinning the set
         self.evaluator = None
         if t.eval_every or t.eval_every_kimg:  # on every rank: under torchrun they share the work
             from ganforge.periodic_eval import PeriodicEval

@@ -1,7 +1,8 @@
 """Datasets: read MNIST, Fashion-MNIST, CIFAR-10, CelebA or any image folder into one uint8 array.
 
 `load_dataset(name=..., root=...)` decodes the native files once, resizes them once and caches
-the result on disk (see `cache.py`), so a second run starts in about a second. Readers register
+the result on disk as a memory-mappable array (see `cache.py`), so a second run starts in about a
+second and every process on a host shares one copy of the pixels. Readers register
 themselves in `DATASETS` on import; `dataset_table()` is what `ganforge datasets` prints.
 """
 
@@ -29,15 +30,18 @@ __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "registe
 
 
 def load_dataset(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,
-                 limit: int = 0, cache: bool = True) -> ImageData:
+                 limit: int = 0, cache: bool = True, dist=None) -> ImageData:
     """Decoded images [N, C, H, W] uint8 on the CPU, with labels when the dataset has them.
 
     size:  0 keeps the dataset's native size (64 for celeba and folder); else resize once.
     limit: >0 keeps only the first `limit` images (in file order).
     cache: reuse / store the decoded array under `default_cache_dir()/arrays` (skipped, with one
-           warning, when that folder cannot be written).
+           warning, when that folder cannot be written). From the cache, the images are a tensor over
+           the memory-mapped file (`ImageData.mapped`).
+    dist:  a `runtime.Dist` under torchrun: one process per host decodes, the others wait and map its
+           file (see `cache.Planned.load`).
     """
-    return _plan(name=name, root=root, split=split, size=size, limit=limit).load(cache=cache)
+    return _plan(name=name, root=root, split=split, size=size, limit=limit).load(cache=cache, dist=dist)
 
 
 def dataset_fingerprint(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,

@@ -1,7 +1,8 @@
 """The in-memory dataset every reader returns, and the dataset registry.
 
-A reader decodes its native files once into one uint8 array [N, C, H, W]; training keeps it on
-the device and slices batches from it (see `ganforge.data.batches`).
+A reader decodes its native files once into one uint8 array [N, C, H, W]; the cache keeps it as a
+file that is memory-mapped, and training either copies it onto the device or gathers each batch
+from the mapping (see `ganforge.data.batches`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ImageData:
     class_names: tuple[str, ...] = ()     # empty when unlabelled
     source: str = ""                      # where the pixels came from, for logs and records
     fingerprint: str = ""                 # key of the content (files, size, crop, limit): see data/cache.py
+    mapped: bool = False                  # images is a view of the memory-mapped cache file (shared, not private)
 
     @property
     def num_classes(self) -> int:

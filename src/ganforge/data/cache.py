@@ -1,4 +1,4 @@
-"""Decode once: the decoded, resized uint8 array of a dataset is kept on disk and reloaded.
+"""Decode once: the decoded, resized uint8 array of a dataset is kept on disk and memory-mapped.
 
 A reader does not decode; it returns a `Planned` load: the files it would read and how to decode
 them. The plan's key hashes everything that changes the pixels: dataset name, split, the source
@@ -7,31 +7,48 @@ replaced source file therefore gives a new key, never a stale array. The same ke
 fingerprint (`ImageData.fingerprint`), which the evaluation's reference statistics are keyed by,
 so they can be looked up without decoding anything.
 
-Files are written through `ganforge.fsutil` (a unique temporary name, renamed into place), so a
-crash, a decode error or a concurrent writer never leaves a partial file. The cache is optional: when its folder cannot
-be written, loading goes on without it after one warning.
+A cache entry is a folder `<name>-<split>-<size>px-<key>.array/` holding `images.npy` (the raw
+uint8 array), `labels.npy` and `meta.json` (format version, shape, class names, source). A `.npy`
+rather than an `.npz` because only a plain array file can be memory-mapped: every process (every
+torchrun rank) maps the same file, so the pages are the kernel's page cache, shared and
+reclaimable, not a private copy per process. The folder is written through `fsutil.atomic_dir`
+(a temporary name, renamed into place), so a crash, a decode error or a concurrent writer never
+leaves a partial entry. A damaged entry or one of another format version is a miss: one warning,
+then the data is decoded again. The cache is optional: when its folder cannot be written,
+loading goes on without it after one warning.
+
+Under torchrun (`dist` given) one process per host decodes: local rank 0 loads or decodes and
+writes the entry while the other local ranks wait, then they map the same file. The ranks agree on
+the outcome in one gather, so a failed decode stops every rank with the same one-line error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ganforge import fsutil
+from ganforge import errors, fsutil
 from ganforge.data.base import ImageData, default_cache_dir
+
+if TYPE_CHECKING:
+    from ganforge.runtime import Dist
 
 log = logging.getLogger("ganforge.data")
 
 # Bump when a reader's output changes for the same inputs (new crop rule, new resize filter...).
 READER_VERSION = 3  # 2: mnist-5k rows interleaved by class; 3: 16-bit PNGs scaled, EXIF orientation applied
+# Bump when the layout of an entry changes; an entry of another version is decoded again, not misread.
+FORMAT = 1  # 1: images.npy + labels.npy + meta.json in one folder (the .npz files before it are ignored)
+SUFFIX = ".array"
 
 _warned = False  # the unwritable-cache warning is said once per process
 
@@ -41,20 +58,21 @@ def arrays_dir() -> Path:
 
 
 def cached_files() -> list[Path]:
-    """The decoded arrays kept in the cache folder (for listings, clean-up and tests)."""
+    """The decoded-array entries in the cache folder (for listings, clean-up and tests)."""
     d = arrays_dir()
-    return sorted(d.glob("*.npz")) if d.is_dir() else []  # temporaries (.tmp-*.npz) included
+    return sorted(d.glob(f"*{SUFFIX}")) if d.is_dir() else []  # temporaries (.tmp-*.array) included
 
 
-def cache_unavailable(folder: Path, error: BaseException) -> None:
+def cache_unavailable(folder: Path, error: BaseException, *, every_rank: bool = False) -> None:
     """Say once that the cache cannot be written; the caller goes on without it."""
     global _warned
     if _warned:
         return
     _warned = True
-    log.warning("warning: cache folder %s is not writable (%s); going on without a cache (set GANFORGE_CACHE "
+    ranks = ", so every rank decodes the data for itself" if every_rank else ""
+    log.warning("warning: cache folder %s is not writable (%s); going on without a cache%s (set GANFORGE_CACHE "
                 "to a writable folder to keep decoded data and reference statistics)", folder,
-                f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}")
+                f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}", ranks)
 
 
 def fingerprint(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
@@ -76,31 +94,49 @@ def cache_key(*, name: str, split: str, sources: Sequence[tuple[str, int, int]],
 
 
 def cache_path(*, name: str, split: str, size: int, key: str) -> Path:
-    return arrays_dir() / f"{name}-{split}-{size}px-{key}.npz"
+    return arrays_dir() / f"{name}-{split}-{size}px-{key}{SUFFIX}"
 
 
 def _save(path: Path, data: ImageData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with fsutil.atomic_file(path) as tmp:  # a unique temporary name (it keeps the .npz suffix np.savez wants)
-        # Uncompressed: the point of the cache is load speed, not disk space.
-        np.savez(
-            tmp,
-            images=data.images.numpy(),
-            labels=(data.labels.numpy() if data.labels is not None else np.zeros(0, np.int64)),
-            has_labels=np.array(data.labels is not None),
-            class_names=np.array(data.class_names, dtype=str),
-            source=np.array(data.source, dtype=str),
-        )
+    images = data.images.numpy()
+    meta = {"format": FORMAT, "shape": list(images.shape), "dtype": str(images.dtype),
+            "has_labels": data.labels is not None, "class_names": list(data.class_names), "source": data.source}
+    with fsutil.atomic_dir(path) as tmp:
+        np.save(tmp / "images.npy", np.ascontiguousarray(images))  # uncompressed: it is mapped, not read
+        if data.labels is not None:
+            np.save(tmp / "labels.npy", data.labels.numpy())
+        (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+
+
+class _Unusable(Exception):
+    """An entry that exists but cannot be used as it is (damaged, or another format version)."""
 
 
 def _load(path: Path) -> ImageData:
-    # allow_pickle=False: every member is a plain array, so a tampered cache cannot run code.
-    with np.load(path, allow_pickle=False) as z:
-        images = torch.from_numpy(z["images"])
-        labels = torch.from_numpy(z["labels"]) if bool(z["has_labels"]) else None
-        names = tuple(str(s) for s in z["class_names"])
-        source = str(z["source"])
-    return ImageData(images=images, labels=labels, class_names=names, source=source)
+    """The entry as an ImageData whose images are a tensor over the memory-mapped file."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise _Unusable(f"{path / 'meta.json'}: unreadable ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise _Unusable(f"{path}: cache entry of format version {found} (this ganforge reads {FORMAT})")
+    # Copy-on-write ("c") rather than read-only ("r"): the pages are still the shared page cache, but
+    # the array is writable, so torch.from_numpy has nothing to warn about and an accidental in-place
+    # write copies one page privately instead of crashing the process on a read-only mapping.
+    try:
+        images = np.load(path / "images.npy", mmap_mode="c", allow_pickle=False)
+        labels = np.load(path / "labels.npy", allow_pickle=False) if meta["has_labels"] else None
+    except (OSError, ValueError, KeyError) as e:
+        raise _Unusable(f"{path / 'images.npy'}: truncated or unreadable ({e})") from None
+    if list(images.shape) != meta.get("shape") or images.dtype != np.uint8 or \
+            (labels is not None and labels.shape != (images.shape[0],)):
+        raise _Unusable(f"{path / 'images.npy'}: holds {images.dtype} {list(images.shape)}, "
+                        f"meta.json says {meta.get('dtype')} {meta.get('shape')}")
+    return ImageData(images=torch.from_numpy(images), labels=None if labels is None else torch.from_numpy(labels),
+                     class_names=tuple(str(s) for s in meta.get("class_names", ())), source=str(meta.get("source", "")),
+                     mapped=True)
 
 
 @dataclass
@@ -113,45 +149,101 @@ class Planned:
     key: str                                  # the fingerprint of the decoded array
     decode: Callable[[], ImageData]
 
-    def load(self, *, cache: bool = True) -> ImageData:
-        """The cached array for this key, or decode it, check it and (when the cache is writable) store it."""
-        data = self._from_cache() if cache else None
-        if data is None:
-            t = time.perf_counter()
-            data = check(self.decode())
-            log.info("%s/%s: decoded %d images in %.1f s", self.name, self.split, len(data), time.perf_counter() - t)
-            if cache:
-                path = self.path()
-                try:
-                    _save(path, data)
-                except OSError as e:
-                    cache_unavailable(path.parent, e)
+    def load(self, *, cache: bool = True, dist: Optional["Dist"] = None) -> ImageData:
+        """The cached array for this key, or decode it, check it and (when the cache is writable) store it.
+
+        dist: under torchrun, decode once per host (local rank 0) and let the other ranks map its file.
+        """
+        if dist is None or not dist.enabled or not cache:
+            data, _ = self._load_here(cache=cache)
+        else:
+            data = self._load_once_per_host(dist)
         data.fingerprint = self.key
         return data
 
     def path(self) -> Path:
         return cache_path(name=self.name, split=self.split, size=self.size, key=self.key)
 
-    def _from_cache(self):
+    def _load_here(self, *, cache: bool, every_rank: bool = False) -> tuple[ImageData, bool]:
+        """(the data, whether it is in the cache now): from the cache, or decoded (and stored)."""
+        data = self._from_cache() if cache else None
+        if data is not None:
+            return data, True
+        t = time.perf_counter()
+        data = check(self.decode())
+        log.info("%s/%s: decoded %d images in %.1f s", self.name, self.split, len(data), time.perf_counter() - t)
+        if not cache:
+            return data, False
         path = self.path()
         try:
-            if not path.is_file():
+            _save(path, data)
+        except OSError as e:
+            if not (path / "meta.json").is_file():  # not a concurrent writer that got there first
+                cache_unavailable(path.parent, e, every_rank=every_rank)
+                return data, False
+        # Map the file just written and drop the decoded copy: its private memory goes back to the system.
+        mapped = self._from_cache(quiet=True)
+        return (mapped, True) if mapped is not None else (data, False)
+
+    def _load_once_per_host(self, dist: "Dist") -> ImageData:
+        """Local rank 0 loads or decodes while the other local ranks wait; then they map its file.
+
+        The wait is one gather of every rank's outcome (over `Dist.patient_gather`, which outlasts a
+        long decode), so a decode that fails on any host stops every rank with the same error.
+        """
+        data, outcome, failed = None, ("wait", ""), None
+        if dist.local_rank == 0:
+            try:
+                data, stored = self._load_here(cache=True, every_rank=True)
+                outcome = ("stored" if stored else "private", "")
+            except Exception as e:  # noqa: BLE001 - passed on, so the waiting ranks do not wait forever
+                outcome, failed = ("error", f"{type(e).__name__}\0{e}"), e
+        outcomes = dist.patient_gather(outcome)
+        first = next((r for r, (kind, _) in enumerate(outcomes) if kind == "error"), None)
+        if first is not None:  # every rank stops with the first failed host's error
+            if first == dist.rank:
+                raise failed
+            raise _reraised(outcomes[first][1])
+        if data is not None:
+            return data
+        mine = outcomes[dist.rank - dist.local_rank]  # this host's local rank 0 (ranks are numbered by host)
+        if mine[0] == "stored":
+            data = self._from_cache(quiet=True)
+            if data is not None:
+                return data
+        data, _ = self._load_here(cache=False)  # the cache could not be written: decode for myself
+        return data
+
+    def _from_cache(self, *, quiet: bool = False) -> Optional[ImageData]:
+        path = self.path()
+        try:
+            if not path.is_dir():
                 return None
         except OSError:  # an unreadable cache folder is a miss
             return None
         t = time.perf_counter()
         try:
             data = _load(path)
-        except Exception as e:  # a damaged cache is a cache miss, not an error
-            log.warning("%s: unreadable cache file (%s); decoding again", path, e)
+        except _Unusable as e:  # a damaged or outdated entry is a cache miss, not an error
+            log.warning("warning: %s; decoding again", e)
             try:
-                path.unlink(missing_ok=True)
+                fsutil.remove_dir(path)
             except OSError:
                 pass
             return None
-        log.info("%s/%s: %d images from cache %s (%.2f s)", self.name, self.split, len(data), path,
-                 time.perf_counter() - t)
+        if not quiet:
+            log.info("%s/%s: %d images from cache %s (%.2f s)", self.name, self.split, len(data), path,
+                     time.perf_counter() - t)
         return data
+
+
+def _reraised(detail: str) -> Exception:
+    """Another rank's error, as this rank's: the same class when it is one of ganforge's, same message."""
+    cls_name, message = detail.split("\0", 1)
+    cls = getattr(errors, cls_name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.GanforgeError):
+        return cls(message)
+    return errors.GanforgeError(f"local rank 0 failed to load the data: {cls_name}: {message}")
 
 
 def plan(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str = "", limit: int = 0,

@@ -32,6 +32,7 @@ Crop = Callable[[Image.Image], Image.Image]
 
 _CHUNK = 256          # images per pool task: big enough to amortise scheduling, small for a smooth bar
 _PROGRESS_FROM = 1000  # no bar for a handful of images (tests, tiny folders)
+_PROGRESS_AFTER = 3.0  # seconds: a decode that ends sooner shows no bar at all
 
 
 def _is_image(name: str) -> bool:
@@ -169,7 +170,7 @@ def centre_square(im: Image.Image) -> Image.Image:
     return im.crop((left, top, left + s, top + s)) if (w, h) != (s, s) else im
 
 
-def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc: str = "decoding",
+def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc: str = "images",
                 workers: int = 0, draft: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [M, 3, size, size], int64 indices of the M files that decoded) for an ImageTree.
 
@@ -216,9 +217,12 @@ def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc:
     from tqdm import tqdm
 
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    # One bar, with the time to go, from the first torchrun rank only (when every rank decodes for
+    # itself, several bars would overwrite each other on one terminal).
+    quiet = n < _PROGRESS_FROM or os.environ.get("RANK", "0") != "0"
     try:
-        with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=desc, unit="img", file=sys.stderr,
-                                                       disable=n < _PROGRESS_FROM, leave=False) as bar:
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=f"decoding {desc}", unit="img", file=sys.stderr,
+                                                       disable=quiet, delay=_PROGRESS_AFTER, leave=False) as bar:
             for done in pool.map(chunk, range(0, n, _CHUNK)):
                 bar.update(done)
     finally:
