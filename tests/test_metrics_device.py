@@ -142,6 +142,7 @@ def test_make_generate_leaves_the_images_on_the_device_and_evaluate_passes_them_
     assert len(made) == 2 and all(a is b for a, b in zip(pooled.inputs, made))  # the very tensors, no copy
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")
 def test_feature_networks_are_built_once_per_process(monkeypatch):
     from ganforge.metrics import classifier as C
 

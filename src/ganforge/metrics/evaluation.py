@@ -308,14 +308,17 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
         "generate_seconds": round(t_gen, 3), "seconds": round(time.perf_counter() - t_start, 3),
         "time_to_go": {"estimated_seconds": round(progress.estimate, 3),   # after the first batch
                        "actual_seconds": round(progress.elapsed, 3)},
-        "networks": {k: {"name": v.name, "sha256": v.sha256, "resize_method": v.resize, "source": v.source,
-                         "precision": v.precision,
-                         "seconds_generated": round(v.seconds_fake, 3), "seconds_real": round(v.seconds_real, 3),
-                         "images_per_second": round((v.images_fake + v.images_real)
-                                                    / max(v.seconds_fake + v.seconds_real, 1e-9), 2),
-                         **({"reference": real_info[k]} if k in real_info else {})}
-                     for k, v in networks.items()},
+        "networks": {k: _network_record(v, real_info.get(k)) for k, v in networks.items()},
     }
+
+
+def _network_record(net: _Network, reference_info: Optional[dict]) -> dict:
+    seconds = net.seconds_fake + net.seconds_real
+    return {"name": net.name, "sha256": net.sha256, "resize_method": net.resize, "source": net.source,
+            "precision": net.precision, "seconds_generated": round(net.seconds_fake, 3),
+            "seconds_real": round(net.seconds_real, 3),
+            "images_per_second": round((net.images_fake + net.images_real) / max(seconds, 1e-9), 2),
+            **({"reference": reference_info} if reference_info is not None else {})}
 
 
 def _check(metrics: Sequence[str], n: int, n_real: Optional[int]) -> list[MetricSpec]:
