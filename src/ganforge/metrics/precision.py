@@ -54,7 +54,10 @@ def _backend_precisions() -> dict[str, str]:
     out = {}
     for name, obj in (("cuda", torch.backends.cuda.matmul), ("mkldnn", getattr(torch.backends, "mkldnn", None))):
         matmul = obj if name == "cuda" else getattr(obj, "matmul", None)
-        value = _read(lambda m=matmul: getattr(m, "fp32_precision"))
+        try:
+            value = getattr(matmul, "fp32_precision", None)
+        except (RuntimeError, AttributeError):   # older PyTorch: cuda.matmul raises for unknown names
+            value = None
         if isinstance(value, str):
             out[name] = value
     return out
