@@ -20,6 +20,9 @@ from ganforge.config import Config
 from ganforge.data import ImageData
 
 FID_KEYS = ("fid", "cls-fid")  # the first present decides which checkpoint is "best"
+# Images per generator call on a CPU; the batch decides which latent vectors are drawn, so it stays
+# what earlier runs logged with. A GPU takes `evaluation.CUDA_BATCH`.
+EVAL_BATCH_CPU = 100
 
 
 def resolve_metrics(cfg: Config, *, conditional: bool) -> list[str]:
@@ -55,7 +58,7 @@ class PeriodicEval:
         return every > 0 and after // every > before // every
 
     def __call__(self, generator: torch.nn.Module, *, step: int) -> dict[str, float]:
-        from ganforge.metrics.evaluation import evaluate, flat_values, make_generate
+        from ganforge.metrics.evaluation import evaluate, flat_values, make_generate, resolve_batch_size
 
         was_training = generator.training
         generator.eval()
@@ -64,7 +67,8 @@ class PeriodicEval:
             record = evaluate(generate=make_generate(generator, z_dim=self.cfg.model.z_dim,
                                                      num_classes=self.num_classes, device=self.device),
                               real_images=self.real, dataset_key=self.dataset_key, metrics=self.metrics,
-                              n=self.cfg.train.eval_n, batch_size=100, device=self.device, seed=self.cfg.train.seed,
+                              n=self.cfg.train.eval_n, device=self.device, seed=self.cfg.train.seed,
+                              batch_size=resolve_batch_size("auto", self.device, cpu=EVAL_BATCH_CPU),
                               split=self.cfg.data.split, n_real=min(len(self.real), 10_000),
                               classifier=self.cfg.data.name, shard=self.shard, real_fingerprint=self.fingerprint)
         generator.train(was_training)

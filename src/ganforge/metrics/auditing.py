@@ -28,6 +28,7 @@ from ganforge.errors import ConfigError, DataError
 from ganforge.metrics import audit as A
 from ganforge.metrics.cas import Recipe, accuracy, fit_classifier
 from ganforge.metrics.functional import precision_recall
+from ganforge.metrics.precision import maths_device
 
 SPACES = ("classifier", "inception", "pixels")
 PAIRS = 8          # closest pairs kept per feature space for the figure
@@ -56,22 +57,25 @@ class Audit:
 
 
 def build_space(name: str, *, dataset: str, device, inception_path=None, cache_dir=None) -> Space:
+    """A feature space; its network is built once per process and shared with `evaluate`."""
+    from ganforge.metrics.evaluation import load_network
+
     if name == "pixels":
         return Space("pixels", lambda x: x.reshape(len(x), -1).float() / 255.0, 0,
                      {"feature_space": "pixels", "scale": "0..1, Euclidean"})
     if name == "classifier":
-        from ganforge.metrics.classifier import CLASSIFIER_FOR, FEATURE_DIM, ShippedClassifier
+        from ganforge.metrics.classifier import CLASSIFIER_FOR, FEATURE_DIM
 
         if dataset not in CLASSIFIER_FOR:
             raise AuditError(f"feature space 'classifier' needs a shipped classifier, which exists for "
                              f"{', '.join(CLASSIFIER_FOR)}, not {dataset!r}; use --spaces inception,pixels")
-        net = ShippedClassifier(CLASSIFIER_FOR[dataset], device=device)
+        net = load_network("classifier", device=device, dataset=CLASSIFIER_FOR[dataset])
         return Space("classifier", lambda x: net(x)[0].float(), FEATURE_DIM,
                      {"feature_space": net.name + " penultimate (128-d)", "network_sha256": net.sha256})
     if name == "inception":
-        from ganforge.metrics.inception import FEATURE_DIM, InceptionFeatures
+        from ganforge.metrics.inception import FEATURE_DIM
 
-        net = InceptionFeatures(inception_path, device=device, cache_dir=cache_dir)
+        net = load_network("inception", device=device, inception_path=inception_path, cache_dir=cache_dir)
         return Space("inception", lambda x: net(x)[0].float(), FEATURE_DIM,
                      {"feature_space": net.name + " pool_3 (2048-d)", "network_sha256": net.sha256,
                       "resize_method": net.resize_method})
@@ -182,7 +186,7 @@ def audit(*, generate: Callable, n: int, train: ImageData, heldout: ImageData, d
                                      mem_real.distance / mem_real.train_distance.clamp_min(1e-12))
         if name == "pixels":
             continue
-        ref = f_train[train_idx]
+        ref = f_train[train_idx].to(maths_device(device))   # the k-NN maths in float64, on a GPU when there is one
         cov = {}
         for side, feats in (("generated", f_fake), ("real_baseline", f_real)):
             pr, dc = precision_recall(ref, feats, k=k_pr), A.density_coverage(ref, feats, k=k_dc)
@@ -194,9 +198,10 @@ def audit(*, generate: Callable, n: int, train: ImageData, heldout: ImageData, d
     # 3. the class histogram with the shipped classifier.
     agreement = None
     if _has_classifier(dataset):
-        from ganforge.metrics.classifier import CLASSIFIER_FOR, ShippedClassifier
+        from ganforge.metrics.classifier import CLASSIFIER_FOR
+        from ganforge.metrics.evaluation import load_network
 
-        clf = ShippedClassifier(CLASSIFIER_FOR[dataset], device=device)
+        clf = load_network("classifier", device=device, dataset=CLASSIFIER_FOR[dataset])
         k = int(clf.meta.get("num_classes", 10))
         predict = Space("predictions", lambda x: clf(x)[1].argmax(1), 0, {})
         pred = {"g": _embed(predict, fake, None, ""), "r": _embed(predict, real, None, "")}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.errors import ConfigError, GanforgeError
+from ganforge.metrics.precision import float64_on_device, strict_fp32
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 CLASSIFIER_DATASETS = ("mnist", "fashion-mnist")
@@ -120,7 +121,8 @@ class ShippedClassifier:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [B, C, H, W] -> (features float64 [B, 128], logits float64 [B, classes])."""
-        x = to_classifier_input(images.to(self.device))
-        f, logits = self.model.features_and_logits(x)
-        return f.double().cpu(), logits.double().cpu()
+        """uint8 [B, C, H, W] on any device -> (features float64 [B, 128], logits float64 [B, classes]) on
+        this network's device (the CPU for MPS); strict float32 inside (`ganforge.metrics.precision`)."""
+        with strict_fp32(self.device.type):
+            f, logits = self.model.features_and_logits(to_classifier_input(images.to(self.device)))
+        return float64_on_device(f), float64_on_device(logits)

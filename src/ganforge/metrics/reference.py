@@ -3,7 +3,9 @@
 An entry is keyed by everything that changes the statistics: the fingerprint of the real data's
 content (`ganforge.data.dataset_fingerprint`: the files' paths, sizes and times, the image size,
 crop and limit, and the reader version), the split, N real and the subset seed, the feature
-network (its sha256 and resize rule) and the layout of the entry itself. Two folders with the same
+network (its sha256 and resize rule), the precision and the device type the features were computed
+with (a GPU's float32 convolutions differ from a CPU's by more than the statistics' own round-off)
+and the layout of the entry itself. Two folders with the same
 name, or the JPEG and the original CIFAR-10, are therefore two entries; `--data-dir` picks one.
 
 Under torchrun all ranks decide together whether the cache holds an entry (a hit only when every
@@ -25,15 +27,18 @@ from ganforge import fsutil
 from ganforge.data.cache import cache_unavailable
 from ganforge.metrics.definitions import Side
 
-STATS_VERSION = 2   # 2: keyed by the data's fingerprint, N real may be "all"
+STATS_VERSION = 3   # 2: keyed by the data's fingerprint, N real may be "all"; 3: precision and device type
 SUBSET_SEED = 0     # the real subset depends on N real only, so a key stays valid
 
 
 def key(*, data: str, dataset: str, split: str, n_real: Optional[int], network: str, sha256: str,
-        resize: str) -> dict:
+        resize: str, precision: str, device: Union[str, torch.device]) -> dict:
+    """device: where the features are computed. Only its type (cpu, cuda, mps) is kept: cuda:0 and cuda:1
+    compute alike, while a GPU's and a CPU's float32 convolutions (different algorithms and summation
+    orders) give statistics that should not be mixed."""
     return {"data": data, "dataset": dataset, "split": split, "n_real": "all" if n_real is None else int(n_real),
             "subset_seed": SUBSET_SEED, "network": network, "sha256": sha256, "resize": resize,
-            "version": STATS_VERSION}
+            "precision": precision, "device": torch.device(device).type, "version": STATS_VERSION}
 
 
 def path_for(folder: Path, k: dict) -> Path:
@@ -57,7 +62,7 @@ def load(path: Path, k: dict, needs: set[str]) -> Optional[Side]:
 def save(path: Path, k: dict, side: Side) -> None:
     blob = {"key": k, "n": side.n, "mu": torch.from_numpy(side.mu), "sigma": torch.from_numpy(side.sigma)}
     if side.features is not None:
-        blob["features"] = side.features
+        blob["features"] = side.features.cpu()   # loadable on a machine without the device
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with fsutil.atomic_file(path) as tmp:
