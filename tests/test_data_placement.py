@@ -263,3 +263,31 @@ def test_torchrun_decode_failure_stops_every_rank_with_the_same_line(tmp_path):
     assert len(errors) == 2 and errors[0] == errors[1], result.stderr
     assert "3 of 4 images are unreadable or corrupt" in errors[0]
     assert "ganforge/data/cache.py" not in result.stderr  # no traceback from a rank, only the line
+
+
+def test_a_folder_decodes_straight_into_its_cache_file_without_a_private_copy(tmp_path):
+    """The decoding process never holds the whole set in private memory: numpy's allocations (which
+    tracemalloc sees) stay far below the decoded size, and the result is the mapped cache file."""
+    import tracemalloc
+
+    root = image_folder(tmp_path / "imgs", n=400, size=48)
+    tracemalloc.start()
+    try:
+        data = load_dataset(name="folder", root=root, size=48)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data.images.nbytes == 400 * 3 * 48 * 48
+    assert peak < data.images.nbytes / 4, (peak, data.images.nbytes)
+    assert data.mapped and mapped_file(data.images).endswith("images.npy")
+    assert not list((tmp_path / "cache").rglob(".tmp*"))  # no temporary folder left beside the entry
+    again = load_dataset(name="folder", root=root, size=48)
+    assert torch.equal(again.images, data.images)
+
+
+def test_a_folder_with_an_unreadable_file_still_caches_the_readable_ones(tmp_path):
+    root = image_folder(tmp_path / "imgs", n=6)
+    (root / "002.png").write_bytes(b"not a png")
+    data = load_dataset(name="folder", root=root, size=20)
+    assert len(data) == 5 and data.mapped
+    assert torch.equal(load_dataset(name="folder", root=root, size=20).images, data.images)

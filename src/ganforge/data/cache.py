@@ -99,14 +99,29 @@ def cache_path(*, name: str, split: str, size: int, key: str) -> Path:
 
 def _save(path: Path, data: ImageData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    with fsutil.atomic_dir(path) as tmp:
+        _fill(tmp, data, images_written=False)
+
+
+def _fill(tmp: Path, data: ImageData, *, images_written: bool) -> None:
+    """Write an entry's files into its temporary folder (images.npy too, unless decoded straight into it)."""
     images = data.images.numpy()
+    if not images_written:
+        np.save(tmp / "images.npy", np.ascontiguousarray(images))  # uncompressed: it is mapped, not read
+    if data.labels is not None:
+        np.save(tmp / "labels.npy", data.labels.numpy())
     meta = {"format": FORMAT, "shape": list(images.shape), "dtype": str(images.dtype),
             "has_labels": data.labels is not None, "class_names": list(data.class_names), "source": data.source}
-    with fsutil.atomic_dir(path) as tmp:
-        np.save(tmp / "images.npy", np.ascontiguousarray(images))  # uncompressed: it is mapped, not read
-        if data.labels is not None:
-            np.save(tmp / "labels.npy", data.labels.numpy())
-        (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+    (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+
+
+def _file_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new .npy file of `shape` uint8, mapped writable, its blocks reserved on disk first: a full disk
+    is then an OSError here, not a SIGBUS when a page of the mapping is first written."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array
 
 
 class _Unusable(Exception):
@@ -147,7 +162,10 @@ class Planned:
     split: str
     size: int
     key: str                                  # the fingerprint of the decoded array
-    decode: Callable[[], ImageData]
+    decode: Callable[..., ImageData]
+    # decode(alloc) fills the array alloc(shape) returns: a reader of many files decodes straight
+    # into the cache entry's file, so no private copy of the whole set is ever held.
+    into_file: bool = False
 
     def load(self, *, cache: bool = True, dist: Optional["Dist"] = None) -> ImageData:
         """The cached array for this key, or decode it, check it and (when the cache is writable) store it.
@@ -170,11 +188,15 @@ class Planned:
         if data is not None:
             return data, True
         t = time.perf_counter()
-        data = check(self.decode())
+        path = self.path()
+        data = self._decode_into_entry(path) if cache and self.into_file else None
+        if data is None:
+            data = check(self.decode())
         log.info("%s/%s: decoded %d images in %.1f s", self.name, self.split, len(data), time.perf_counter() - t)
+        if data.mapped:  # decoded straight into the entry, which is now in place
+            return data, True
         if not cache:
             return data, False
-        path = self.path()
         try:
             _save(path, data)
         except OSError as e:
@@ -184,6 +206,29 @@ class Planned:
         # Map the file just written and drop the decoded copy: its private memory goes back to the system.
         mapped = self._from_cache(quiet=True)
         return (mapped, True) if mapped is not None else (data, False)
+
+    def _decode_into_entry(self, path: Path) -> Optional[ImageData]:
+        """Decode straight into a new entry's images.npy; None when the cache folder cannot take it (the
+        caller then decodes into memory and says why once)."""
+        target: dict[str, np.ndarray] = {}
+
+        def alloc(shape: tuple[int, ...]) -> np.ndarray:
+            target["array"] = _file_array(tmp / "images.npy", shape)
+            return target["array"]
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with fsutil.atomic_dir(path) as tmp:
+                data = check(self.decode(alloc))
+                array = target.get("array")
+                # The reader returns the mapped array itself unless it dropped unreadable files (a copy).
+                into = array is not None and data.images.data_ptr() == array.ctypes.data
+                if into:
+                    array.flush()
+                _fill(tmp, data, images_written=into)
+        except OSError:
+            return None
+        return _load(path)  # the entry just written, mapped; the decoding mapping goes with `data`
 
     def _load_once_per_host(self, dist: "Dist") -> ImageData:
         """Local rank 0 loads or decodes while the other local ranks wait; then they map its file.
@@ -247,12 +292,13 @@ def _reraised(detail: str) -> Exception:
 
 
 def plan(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str = "", limit: int = 0,
-         decode: Callable[[], ImageData], extra: Sequence[tuple[str, int, int]] = ()) -> Planned:
+         decode: Callable[..., ImageData], extra: Sequence[tuple[str, int, int]] = (),
+         into_file: bool = False) -> Planned:
     """The planned load of these inputs. extra: fingerprint entries a reader computed itself (a folder
-    lists and stats its files once)."""
+    lists and stats its files once). into_file: `decode(alloc)` decodes into the array `alloc` returns."""
     key = cache_key(name=name, split=split, sources=fingerprint(sources) + list(extra), size=size,
                     crop=crop, limit=limit)
-    return Planned(name=name, split=split, size=size, key=key, decode=decode)
+    return Planned(name=name, split=split, size=size, key=key, decode=decode, into_file=into_file)
 
 
 def check(data: ImageData) -> ImageData:

@@ -42,15 +42,16 @@ def plan_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, 
         remap = np.array([class_names.index(c) for c in classes], dtype=np.int64)
         labels, classes = remap[labels], class_names
 
-    def decode() -> ImageData:
-        images, keep = decode_tree(tree, size=size, crop=crop, desc=f"{name}/{split}", draft=crop is centre_square)
+    def decode(alloc=None) -> ImageData:
+        images, keep = decode_tree(tree, size=size, crop=crop, desc=f"{name}/{split}", draft=crop is centre_square,
+                                   alloc=alloc)
         return ImageData(images=torch.from_numpy(images),
                          labels=None if labels is None else torch.from_numpy(labels[keep]),
                          class_names=classes, source=str(tree.origin))
 
     # The tree's fingerprint already covers every file (path, size, mtime), so it is the source.
     return plan(name=name, split=split, sources=[], extra=tree.fingerprint, size=size, crop=crop_id,
-                limit=limit, decode=decode)
+                limit=limit, decode=decode, into_file=True)
 
 
 @register_locator("folder")

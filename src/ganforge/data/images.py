@@ -171,14 +171,18 @@ def centre_square(im: Image.Image) -> Image.Image:
 
 
 def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc: str = "images",
-                workers: int = 0, draft: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                workers: int = 0, draft: bool = False,
+                alloc: Optional[Callable[[tuple[int, ...]], np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [M, 3, size, size], int64 indices of the M files that decoded) for an ImageTree.
 
     draft: allow reduced-scale JPEG decoding; only for scale-invariant crops (a centre square),
     not for crops given in source pixels like CelebA's 108 px box.
+    alloc: gives the output array (e.g. a memory-mapped cache file); default a new one in memory.
+    When files are skipped the result is a compacted copy, not that array.
     """
     n = len(tree)
-    out = np.empty((n, 3, size, size), dtype=np.uint8)  # decoded straight into NCHW
+    shape = (n, 3, size, size)
+    out = alloc(shape) if alloc is not None else np.empty(shape, dtype=np.uint8)  # decoded straight into NCHW
     ok = np.zeros(n, dtype=bool)
     errors: list[tuple[str, str]] = []
     local = threading.local()
