@@ -36,7 +36,7 @@ import torch
 
 from benchmarks import gpu_check_runs as runs
 from benchmarks import gpu_check_speed as speed
-from benchmarks.gpu_check_table import ROWS, print_table
+from benchmarks.gpu_check_table import ROWS, print_table, short
 from ganforge import __version__
 
 RECORDS = Path(__file__).resolve().parent / "records" / "gpu"
@@ -80,7 +80,7 @@ def run_step(name: str, fn: Callable[[Context], dict], ctx: Context) -> dict:
         if getattr(exc, "result", None) is not None:
             entry["result"] = ctx.results[name] = exc.result
     entry["seconds"] = round(time.perf_counter() - start, 2)
-    print(f"[gpu_check] {name}: {'ok' if entry['ok'] else 'FAILED: ' + entry['error']} ({entry['seconds']} s)",
+    print(f"[gpu_check] {name}: {'ok' if entry['ok'] else 'FAILED: ' + short(entry['error'])} ({entry['seconds']} s)",
           flush=True)
     return entry
 
@@ -132,6 +132,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="ganforge-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     ctx = make_context(args, work)
+    threads = torch.get_num_threads()
+    if args.cpu:  # the in-process steps too (matmul peaks, speed cases): see gpu_check_speed.CPU_SHRINK
+        torch.set_num_threads(1)
+    try:
+        return _run(args, ctx, work, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, ctx: Context, work: Path, argv: Optional[list[str]]) -> int:
     start = time.perf_counter()
     record: dict[str, Any] = {"script": "benchmarks.gpu_check", "mode": "cpu" if args.cpu else "gpu",
                               "command": " ".join(["python -m benchmarks.gpu_check", *(argv or sys.argv[1:])]),

@@ -25,7 +25,9 @@ from ganforge.errors import ConfigError
 
 PRESETS = ("cifar10-best", "mnist-dcgan64")
 AMPS = ("off", "bf16", "fp16")           # train.amp values; "off" is fp32 (TF32 on, as training runs it)
-CPU_SHRINK = ["model.g_channels=8", "model.d_channels=8", "train.compile_backend=aot_eager"]
+# One thread: on a CPU that other processes share, OpenMP threads wait at every barrier for a peer
+# that was preempted, and a step took 60 times longer with 2 threads than with 1 (2 shared cores).
+CPU_SHRINK = ["model.g_channels=8", "model.d_channels=8", "train.compile_backend=aot_eager", "train.threads=1"]
 CPU_LIMIT = 512  # digits per speed case on a CPU: 8 steps an epoch at the presets' batch of 64
 
 
@@ -57,7 +59,8 @@ def _peak(dtype: torch.dtype, device: torch.device, *, tf32: bool = False) -> di
 
 def machine(ctx) -> dict:
     device = ctx.device
-    info: dict[str, Any] = {"device": str(device), "cpu": cpu_model(), "torch": torch.__version__,
+    info: dict[str, Any] = {"device": str(device), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+                            "torch": torch.__version__,
                             "python": platform.python_version(), "cuda": torch.version.cuda,
                             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
     peaks: dict[str, dict] = {"fp32": _peak(torch.float32, device)}

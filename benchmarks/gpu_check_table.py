@@ -12,6 +12,11 @@ def _flops(v: Optional[float]) -> str:
         f"{v / 1e9:.1f} GFLOP/s" if v is not None else "-")
 
 
+def short(text: str, limit: int = 200) -> str:
+    """An error as one line of a table or a progress line; the record keeps it whole."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def machine_rows(r: dict) -> list[tuple[str, str]]:
     rows = []
     if r.get("gpu"):
@@ -82,8 +87,7 @@ def rows_of(name: str, entry: dict, formats: dict[str, Callable]) -> list[tuple[
     """A step's rows; a failed step's error leads, then whatever it measured before failing."""
     out: list[tuple[str, str]] = []
     if not entry["ok"]:  # the whole message and the traceback are in the record
-        error = entry["error"] if len(entry["error"]) <= 200 else entry["error"][:197] + "..."
-        out.append(("", f"FAILED: {error}"))
+        out.append(("", f"FAILED: {short(entry['error'])}"))
     if entry.get("result") is not None and name in formats:
         try:
             out += formats[name](entry["result"])
