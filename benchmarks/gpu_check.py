@@ -55,6 +55,7 @@ class Context:
     data_dir: Optional[str]
     work: Path
     case_seconds: float
+    speed_budget: float
     fid_seconds: float
     fid_n: int
     results: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +105,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, help="the record (default benchmarks/records/gpu/<gpu>-<date>.json)")
     ap.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed at the end)")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
-    ap.add_argument("--case-seconds", type=float, help="timed seconds per speed case (default 6; 1 with --cpu)")
+    ap.add_argument("--case-seconds", type=float, help="timed seconds per speed case (default 3; 1 with --cpu)")
+    ap.add_argument("--speed-budget", type=float,
+                    help="seconds for the whole speed step; cases past it are recorded as skipped "
+                         "(default 210, which keeps the check under 8 minutes; none with --cpu; 0: none)")
     ap.add_argument("--fid-seconds", type=float, help="training seconds before the FID (default 120; 4 with --cpu)")
     ap.add_argument("--fid-n", type=int, help="generated images for the FID (default 10000; 256 with --cpu)")
     args = ap.parse_args(argv)
@@ -122,7 +126,8 @@ def make_context(args: argparse.Namespace, work: Path) -> Context:
                  "run with --cpu for the CPU mode")
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     return Context(cpu=args.cpu, device=device, data_dir=data_dir, work=work,
-                   case_seconds=args.case_seconds or (1.0 if args.cpu else 6.0),
+                   case_seconds=args.case_seconds or (1.0 if args.cpu else 3.0),
+                   speed_budget=(0.0 if args.cpu else 210.0) if args.speed_budget is None else args.speed_budget,
                    fid_seconds=args.fid_seconds or (4.0 if args.cpu else 120.0),
                    fid_n=args.fid_n or (256 if args.cpu else 10_000))
 

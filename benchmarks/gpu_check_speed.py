@@ -8,6 +8,7 @@ its budget, and relates each case's model FLOP/s to the peak of the precision it
 from __future__ import annotations
 
 import gc
+import math
 import platform
 import shutil
 import statistics
@@ -128,12 +129,17 @@ def _timed(tr, *, seconds: float, warmup: int) -> dict:
 
 
 def _release(tr) -> None:
-    """Close the case's run log and give its memory back before the next case measures its own peak."""
     if tr is not None and tr.log is not None:
         tr.log.close()
+
+
+def _fresh_peak(device: torch.device) -> None:
+    """Free the previous case (a trainer and its compiled graphs hold reference cycles, which only the
+    collector breaks) before the peak counter restarts, so a case's peak memory is its own."""
     gc.collect()
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def speed_case(ctx, preset: str, amp: str, compiled: bool, flops: Optional[float]) -> dict:
@@ -147,8 +153,7 @@ def speed_case(ctx, preset: str, amp: str, compiled: bool, flops: Optional[float
     if compiled:
         torch._dynamo.reset()  # a fresh compile per case: its warm-up time is this case's own
     cuda = ctx.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(ctx.device)
+    _fresh_peak(ctx.device)
     tr = None
     try:
         tr = make_trainer(preset, _case_sets(ctx, preset, amp, compiled), run_dir=ctx.new_dir(f"speed-{preset}"))
@@ -175,20 +180,26 @@ def preset_flops(ctx, preset: str) -> float:
 
 
 def speed(ctx) -> dict:
-    """Every preset x precision x compile case; one case that raises is recorded and the others still run."""
-    out: dict[str, Any] = {"presets": {}, "case_seconds": ctx.case_seconds, "failed_cases": []}
-    for preset in PRESETS:
-        flops = preset_flops(ctx, preset)
-        cases = []
-        for compiled in (False, True):
+    """Every preset x precision x compile case; one case that raises is recorded and the others still run.
+    Eager cases first: if compiling is so slow that the step's time budget runs out, what is left out
+    (and recorded as such) is compiled cases."""
+    out: dict[str, Any] = {"presets": {p: {"flops_per_image": preset_flops(ctx, p), "cases": []} for p in PRESETS},
+                           "case_seconds": ctx.case_seconds, "budget_seconds": ctx.speed_budget, "failed_cases": []}
+    deadline = time.monotonic() + ctx.speed_budget if ctx.speed_budget else math.inf
+    for compiled in (False, True):
+        for preset in PRESETS:
+            entry = out["presets"][preset]
             for amp in AMPS:
+                case = {"preset": preset, "amp": amp, "compile": compiled}
+                if time.monotonic() > deadline:
+                    entry["cases"].append({**case, "skipped": f"the speed step's budget of {ctx.speed_budget:.0f} s "
+                                                              f"was spent (--speed-budget 0 lifts it)"})
+                    continue
                 try:
-                    cases.append(speed_case(ctx, preset, amp, compiled, flops))
+                    entry["cases"].append(speed_case(ctx, preset, amp, compiled, entry["flops_per_image"]))
                 except Exception as exc:  # noqa: BLE001 (recorded; the step fails at the end)
-                    cases.append({"preset": preset, "amp": amp, "compile": compiled,
-                                  "error": f"{type(exc).__name__}: {exc}"})
+                    entry["cases"].append({**case, "error": f"{type(exc).__name__}: {exc}"})
                     out["failed_cases"].append(f"{preset} amp={amp} compile={compiled}")
-        out["presets"][preset] = {"flops_per_image": flops, "cases": cases}
     if out["failed_cases"]:
         raise CaseFailures(out)
     return out

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -127,3 +128,20 @@ def test_compare_is_bit_for_bit():
     signed = compare(a, {"w": torch.tensor([-0.0, 1.0]), "n": torch.tensor(3)})  # equal as numbers, not as bits
     assert not signed["identical"] and signed["first_differing"] == "w"
     assert not compare(a, {"w": a["w"]})["identical"]  # a missing tensor differs too
+
+
+def test_speed_budget_records_the_cases_it_left_out(tmp_path, monkeypatch):
+    ran = []
+
+    def case(ctx, preset, amp, compiled, flops):
+        ran.append((preset, amp, compiled))
+        time.sleep(0.05)
+        return {"preset": preset, "amp": amp, "compile": compiled, "images_per_s": 1.0}
+
+    monkeypatch.setattr(gpu_check_speed, "preset_flops", lambda ctx, preset: 1.0)
+    monkeypatch.setattr(gpu_check_speed, "speed_case", case)
+    ctx = gpu_check.make_context(gpu_check.parse_args(["--cpu", "--speed-budget", "0.01"]), tmp_path)
+    result = gpu_check_speed.speed(ctx)
+    assert ran == [("cifar10-best", "off", False)]  # eager first, so a short budget loses compiled cases
+    cases = [c for p in result["presets"].values() for c in p["cases"]]
+    assert len(cases) == 12 and sum("budget of 0 s was spent" in c.get("skipped", "") for c in cases) == 11
