@@ -86,9 +86,9 @@ def run_step(name: str, fn: Callable[[Context], dict], ctx: Context) -> dict:
     return entry
 
 
-def default_record(machine: dict) -> Path:
-    """benchmarks/records/gpu/<gpu>-<date>.json (or cpu-<cpu>-...), never overwriting an earlier record."""
-    what = machine.get("gpu") or f"cpu-{machine.get('cpu', 'unknown').split(',')[0]}"
+def default_record(machine: dict, cpu: bool) -> Path:
+    """benchmarks/records/gpu/<gpu>-<date>.json (cpu-mode-<cpu>-... for --cpu), never overwriting a record."""
+    what = f"cpu-mode-{machine.get('cpu', 'unknown').split(',')[0]}" if cpu else machine.get("gpu") or "unknown-gpu"
     slug = re.sub(r"[^a-z0-9]+", "-", what.lower()).strip("-")
     path = RECORDS / f"{slug}-{time.strftime('%Y-%m-%d')}.json"
     n = 2
@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace, ctx: Context, work: Path, argv: Optional[list
     record["failed"] = [n for n, e in record["steps"].items() if not e["ok"]]
     record["seconds"] = round(time.perf_counter() - start, 1)
     print_table(record, ROWS)
-    out = args.json or default_record(ctx.results.get("machine", {}))
+    out = args.json or default_record(ctx.results.get("machine", {}), args.cpu)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"record: {out}")
