@@ -61,7 +61,8 @@ def spawn(cmd: list[str], log: Path, *, threads: int = 0) -> subprocess.Popen:
     thread option, and torch reads OMP_NUM_THREADS when it starts)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    with log.open("w") as out:  # the child holds its own copy of the file
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def finish(proc: subprocess.Popen, log: Path, what: str) -> None:
@@ -147,16 +148,22 @@ def window_rates(run_dir: Path) -> list[float]:
 
 @contextlib.contextmanager
 def _torch_globals():
-    """A Trainer built in this process sets deterministic mode and the thread count for the whole
-    process; put them back so the FID step after this one runs as it would alone."""
+    """A Trainer built in this process sets deterministic mode, the thread count and cuBLAS's workspace
+    variable for the whole process (and the commands it starts); put them back so the FID step after
+    this one runs as it would alone."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
              torch.backends.cudnn.benchmark, torch.get_num_threads())
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
         torch.set_num_threads(saved[3])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def first_batch(ctx, sets: list[str], placement: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
