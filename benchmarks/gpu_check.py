@@ -112,18 +112,20 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--fid-seconds", type=float, help="training seconds before the FID (default 120; 4 with --cpu)")
     ap.add_argument("--fid-n", type=int, help="generated images for the FID (default 10000; 256 with --cpu)")
     args = ap.parse_args(argv)
-    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    unknown = [s for s in args.steps if s not in STEPS]
+    asked = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = [s for s in asked if s not in STEPS]
     if unknown:
         ap.error(f"--steps: unknown {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+    args.steps = [s for s in STEPS if s in asked]  # in order: speed reads machine's peaks, fid speed's rate
+    args.device = args.device or ("cpu" if args.cpu else "cuda")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        ap.exit(2, "gpu_check: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                   "run with --cpu for the CPU mode\n")
     return args
 
 
 def make_context(args: argparse.Namespace, work: Path) -> Context:
-    device = torch.device(args.device or ("cpu" if args.cpu else "cuda"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("gpu_check: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
-                 "run with --cpu for the CPU mode")
+    device = torch.device(args.device)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     return Context(cpu=args.cpu, device=device, data_dir=data_dir, work=work,
                    case_seconds=args.case_seconds or (1.0 if args.cpu else 3.0),
