@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check gpu-check-cpu clean
 
 install: $(STAMP)
 
@@ -23,6 +23,14 @@ test: install
 
 bench: install
 	$(BIN)/python -m benchmarks.train_speed
+
+# The GPU acceptance check (README, "GPUs"): DATA_DIR holds cifar10-jpg/ and mnist/.
+DATA_DIR ?= /tmp/gf-data
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check --data-dir $(DATA_DIR)
+
+gpu-check-cpu: install
+	$(BIN)/python -m benchmarks.gpu_check --cpu
 
 clean:
 	rm -rf runs .pytest_cache

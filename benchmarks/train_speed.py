@@ -50,11 +50,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_trainer(preset: str, sets: list[str]) -> Trainer:
+def make_trainer(preset: str, sets: list[str], *, run_dir: Path | None = None) -> Trainer:
     cfg = preset_config(preset)
     for s in sets:
         apply_override(cfg, s)
-    run_dir = Path(tempfile.mkdtemp(prefix="ganforge-bench-")) / "run"
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="ganforge-bench-")) / "run"
     return Trainer(cfg, run_dir=run_dir, dist=Dist())
 
 
