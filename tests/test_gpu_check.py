@@ -15,10 +15,6 @@ import torch
 from benchmarks import gpu_check, gpu_check_speed
 from benchmarks.gpu_check_runs import compare
 from conftest import REPO
-from ganforge.config import DataConfig
-
-# data.placement is another change's interface; until it lands the data-path step must fail on it.
-HAS_PLACEMENT = "placement" in DataConfig.__dataclass_fields__
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +33,8 @@ def cpu_mode(tmp_path_factory):
 def test_cpu_mode_exit_code_and_table(cpu_mode):
     proc, record = cpu_mode
     assert list(record["steps"]) == list(gpu_check.STEPS)
-    if HAS_PLACEMENT:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert record["failed"] == []
-    else:
-        assert proc.returncode == 1 and record["failed"] == ["data_path"], proc.stdout[-3000:]
-        assert "data.placement" in record["steps"]["data_path"]["error"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert record["failed"] == []
     assert "step" in proc.stdout and "case" in proc.stdout and "result" in proc.stdout
     table = proc.stdout[proc.stdout.index("\nstep "):]
     for name in gpu_check.STEPS:
@@ -79,11 +71,10 @@ def test_cpu_mode_resume_data_path_and_fid(cpu_mode):
     resume = record["steps"]["resume"]["result"]
     assert resume["identical"] is True and resume["tensors"] > 0
     assert 0 < resume["killed_after_checkpoint"] < resume["steps"]
-    if HAS_PLACEMENT:
-        data = record["steps"]["data_path"]["result"]
-        assert set(data["placements"]) == {"device", "host"}
-        assert all(p["images_per_s"] > 0 for p in data["placements"].values())
-        assert data["identical"] is True
+    data = record["steps"]["data_path"]["result"]
+    assert set(data["placements"]) == {"device", "host"}
+    assert all(p["images_per_s"] > 0 for p in data["placements"].values())
+    assert data["identical"] is True
     fid = record["steps"]["fid"]["result"]
     assert math.isfinite(fid["value"]) and fid["value"] > 0
     assert fid["eval_images_per_s"] > 0 and fid["steps"] > 0 and fid["n_generated"] == 256
