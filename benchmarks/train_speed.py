@@ -26,7 +26,7 @@ from benchmarks.textbook import textbook_images_per_s, textbook_loader
 from ganforge import __version__
 from ganforge.config import apply_override, preset_config
 from ganforge.runtime import Dist
-from ganforge.train import Trainer
+from ganforge.training.loop import Trainer
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, *, n: int = 2048, repeats: int = 5) -> float:
@@ -73,7 +73,7 @@ def ganforge_images_per_s(tr: Trainer, *, warmup: int, windows: int, window_step
         for _ in range(window_steps):
             tr.train_step(*next(stream))
             tr.progress.step += 1
-        tr._sums = {}  # what the loop's log flush does, minus the file writes
+        tr.window.take()  # what the loop's log flush does, minus the file writes
         _sync(tr.device)
         rates.append(window_steps * tr.cfg.train.batch_size / (time.perf_counter() - start))
     return rates, warmup_s

@@ -71,7 +71,7 @@ def test_policy_parsing():
 def test_trainer_augments_every_image_d_sees(monkeypatch, tmp_path):
     """Real and fake in D's step, fake in G's step (and real again for a relativistic G loss)."""
     from ganforge.config import preset_config
-    from ganforge.train import Trainer
+    from ganforge.training.loop import Trainer
 
     cfg = preset_config("demo")
     cfg.data.limit, cfg.model.g_channels, cfg.model.d_channels = 128, 8, 8
@@ -83,7 +83,7 @@ def test_trainer_augments_every_image_d_sees(monkeypatch, tmp_path):
         seen.append((x.shape[0], x.requires_grad))
         return x
 
-    trainer.augment = recording
+    trainer.objective.augment = recording
     x, labels = next(trainer.batches.epoch(0))
     trainer.train_step(x, labels)
     # D step: real (no grad), fake (detached); G step: real (no grad), fake (with G's graph).

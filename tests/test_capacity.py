@@ -128,7 +128,7 @@ def _measured_saved_peak(trainer, x, labels) -> int:
                                                                      "--set", "model.d_norm=layer"]],
                          ids=["dcgan", "upsample", "resnet", "mlp", "wgan-gp"])
 def test_activation_estimate_is_within_a_factor_of_two_of_a_measured_step(tmp_path, overrides):
-    from ganforge.train import Trainer
+    from ganforge.training.loop import Trainer
 
     cfg = preset_config("demo")
     argv = TINY + overrides + ["--set", "train.amp=off", "--set", "train.threads=1"]

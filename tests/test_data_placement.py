@@ -179,7 +179,7 @@ def test_host_placement_trains_and_resumes_exactly_like_device_placement(tmp_pat
 def test_trainer_keeps_no_private_copy_of_the_set(tmp_path):
     from ganforge.config import preset_config
     from ganforge.runtime import Dist
-    from ganforge.train import Trainer
+    from ganforge.training.loop import Trainer
 
     cfg = preset_config("demo")
     cfg.data.limit, cfg.train.batch_size, cfg.model.g_channels, cfg.model.d_channels = 128, 16, 8, 8

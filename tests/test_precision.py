@@ -11,11 +11,11 @@ import torch
 
 from conftest import run_cli
 from ganforge import precision
-from ganforge.config import preset_config
+from ganforge.config import preset_config, save_yaml
 from ganforge.errors import ConfigError
 from ganforge.losses import gradient_penalty, zero_centred_penalty
 from ganforge.runtime import Dist
-from ganforge.train import Trainer
+from ganforge.training.loop import Trainer
 
 CUDA = torch.device("cuda", 0)
 
@@ -114,11 +114,12 @@ def test_fp16_training_with_r1_scales_skips_overflows_and_resumes_the_scaler(tmp
     assert trainer.scaler_d.get_scale() == pytest.approx(1.5e38)
     trainer.scaler_d._scale.fill_(1024.0)
     # Skipped steps' infinite losses are left out of the window mean instead of forcing a rollback.
-    means, _ = trainer.dist.agree(trainer._sums, trainer._counts, [torch.tensor(False)])
-    assert 0 < trainer._counts["loss_d"].item() < 9
+    sums, counts = trainer.window.take()
+    means, _ = trainer.dist.agree(sums, counts, [torch.tensor(False)])
+    assert 0 < counts["loss_d"].item() < 9
     assert torch.isfinite(torch.tensor(means["loss_d"])) and means["loss_scale_d"] > 0
     trainer.progress.step = 9
-    trainer._write_static()
+    save_yaml(cfg, tmp_path / "r" / "config.yaml")
     trainer.save()
     trainer.log.close()
     resumed = Trainer(cfg, run_dir=tmp_path / "r", resume=True, dist=Dist())

@@ -110,7 +110,7 @@ def test_old_configs_with_a_per_step_ema_decay_load_with_the_same_horizon():
 
 
 def test_lr_decays_linearly_in_the_last_part(tmp_path):
-    from ganforge.train import Trainer
+    from ganforge.training.loop import Trainer
 
     cfg = preset_config("demo")
     cfg.data.limit, cfg.model.g_channels, cfg.model.d_channels = 128, 8, 8
@@ -118,9 +118,10 @@ def test_lr_decays_linearly_in_the_last_part(tmp_path):
     cfg.optim.lr_decay_start, cfg.optim.lr_decay_to = 0.5, 0.1
     trainer = Trainer(cfg, run_dir=tmp_path)
     lrs = {}
-    for step in (0, 20, 30, 40):
+    x, labels = next(trainer.batches.epoch(0))
+    for step in (0, 20, 30, 40):  # the rate a step uses is set as it starts
         trainer.progress.step = step
-        trainer._schedule_lr()
+        trainer.train_step(x, labels)
         lrs[step] = trainer.opt_g.param_groups[0]["lr"] / cfg.optim.lr_g
     assert lrs[0] == pytest.approx(1.0) and lrs[20] == pytest.approx(1.0)
     assert lrs[30] == pytest.approx(0.55) and lrs[40] == pytest.approx(0.1)
@@ -128,7 +129,7 @@ def test_lr_decays_linearly_in_the_last_part(tmp_path):
 
 @pytest.mark.parametrize("arch", MODELS.names())
 def test_every_architecture_trains_with_r1_r2_and_rpgan(arch, tmp_path):
-    from ganforge.train import Trainer
+    from ganforge.training.loop import Trainer
 
     cfg = preset_config("demo")
     cfg.data.limit, cfg.model.g_channels, cfg.model.d_channels = 64, 8, 8
@@ -140,3 +141,14 @@ def test_every_architecture_trains_with_r1_r2_and_rpgan(arch, tmp_path):
         trainer.train_step(x, labels)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.D.parameters()))
     assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
+
+
+def test_learning_rates_are_a_pure_function_of_progress():
+    from ganforge.config import OptimConfig
+    from ganforge.optim import learning_rates
+
+    cfg = OptimConfig(lr_g=1e-3, lr_d=2e-3, lr_decay_start=0.5, lr_decay_to=0.1)
+    assert learning_rates(cfg, step=10, total_steps=40) == (1e-3, 2e-3)
+    lr_g, lr_d = learning_rates(cfg, step=30, total_steps=40, lr_scale=0.5)
+    assert lr_g == pytest.approx(1e-3 * 0.5 * 0.55) and lr_d == pytest.approx(2e-3 * 0.5 * 0.55)
+    assert learning_rates(OptimConfig(lr_g=1.0, lr_d=1.0), step=10**9, total_steps=1) == (1.0, 1.0)

@@ -16,7 +16,7 @@ from ganforge import runtime
 from ganforge.config import preset_config
 from ganforge.errors import ConfigError
 from ganforge.runtime import Dist
-from ganforge.train import Trainer
+from ganforge.training.loop import Trainer
 
 
 def _fake_cuda(monkeypatch, count: int) -> dict:

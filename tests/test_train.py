@@ -11,7 +11,7 @@ from conftest import run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_generator
 from ganforge.config import preset_config
 from ganforge.runtime import Dist
-from ganforge.train import Trainer
+from ganforge.training.loop import Trainer
 
 
 def test_one_step_changes_both_networks(tmp_path):

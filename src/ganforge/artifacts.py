@@ -116,3 +116,41 @@ class RunLog:
             progress_gif(self.dir)
         except (OSError, ValueError) as exc:  # a damaged grid must not hide why the run ended
             warnings.warn(f"could not write {self.dir / 'samples' / 'progress.gif'}: {exc}", stacklevel=2)
+
+
+class Snapshots:
+    """The sample grids of a run: the same latent vectors at every snapshot, so grids of successive
+    epochs show one set of images changing. A conditional grid has one row per class (8 latents
+    repeated for each class); an unconditional one `train.num_samples` latents, 8 to a row."""
+
+    COLUMNS = 8
+
+    def __init__(self, *, seed: int, z_dim: int, num_samples: int, num_classes: int, device: torch.device):
+        g = torch.Generator().manual_seed(seed + 12345)  # apart from the training noise: resumes see the same grid
+        if num_classes:
+            z = torch.randn(self.COLUMNS, z_dim, generator=g).repeat(num_classes, 1)
+            labels: torch.Tensor | None = torch.arange(num_classes).repeat_interleave(self.COLUMNS).to(device)
+        else:
+            z, labels = torch.randn(num_samples, z_dim, generator=g), None
+        self.z, self.labels, self.conditional = z.to(device), labels, num_classes > 0
+
+    @torch.no_grad()
+    def images(self, generator: torch.nn.Module) -> torch.Tensor:
+        """The generator's images [N, C, H, W] in [-1, 1] for the fixed latents, in eval mode."""
+        was_training = generator.training
+        generator.eval()
+        out = torch.cat([generator(self.z[i : i + 256], None if self.labels is None else self.labels[i : i + 256])
+                         for i in range(0, len(self.z), 256)])
+        generator.train(was_training)
+        return out.float()
+
+    def write(self, log: "RunLog", images: torch.Tensor, *, epoch_label: int, step: int) -> None:
+        log.save_grid(images, f"epoch_{epoch_label:04d}.png", step=step, nrow=self.COLUMNS)
+        if self.conditional:
+            log.save_grid(images, "classes.png", step=step, nrow=self.COLUMNS, tag="classes")
+
+    @staticmethod
+    def write_real(log: "RunLog", real: torch.Tensor) -> None:
+        """samples/real.png once per run: uint8 training images beside the generated grids."""
+        if not (log.dir / "samples" / "real.png").exists():
+            log.save_grid(real.float().div(127.5).sub(1), "real.png", step=0, tag="real")

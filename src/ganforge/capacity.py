@@ -49,6 +49,7 @@ class Estimate:
     state_bytes: int                  # weights, EMA copy, gradients, optimizer moments (fp32)
     activation_bytes: Optional[int]   # one training step; None when the models cannot run on meta
     batch_size: int
+    d_batch_norm: bool = False        # D normalises over the batch (which per-sample gradient penalties forbid)
 
     @property
     def total_bytes(self) -> int:
@@ -97,7 +98,8 @@ def estimate(cfg: Config, channels: int, size: int, num_classes: int, *, bf16: b
     if activations is not None and bf16:
         activations //= 2
     return Estimate(g_params=_count(g), d_params=_count(d), state_bytes=_state_bytes(cfg, g, d),
-                    activation_bytes=activations, batch_size=cfg.train.batch_size)
+                    activation_bytes=activations, batch_size=cfg.train.batch_size,
+                    d_batch_norm=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in d.modules()))
 
 
 def _count(module: nn.Module) -> int:

@@ -136,3 +136,32 @@ def generator_from_state(run_dir: Path, tensors: dict[str, torch.Tensor], state:
             f"{run_dir}: checkpoint weights do not match architecture {cfg.model.arch!r} of its config"
         ) from None
     return cfg, g.to(device).eval()
+
+
+def pack(modules: dict[str, Optional[torch.nn.Module]], stateful: dict[str, Any],
+         **state: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The two halves of a checkpoint: every module's tensors under `<name>.` (the safetensors file) and
+    every stateful object's `state_dict()` (optimizers, loss scalers) beside the plain `state` entries
+    (the state file). `unpack` reads back exactly these names."""
+    tensors = {f"{name}.{k}": v for name, m in modules.items() if m is not None for k, v in m.state_dict().items()}
+    return tensors, {**{key: obj.state_dict() for key, obj in stateful.items()}, **state}
+
+
+def unpack(tensors: dict[str, torch.Tensor], state: dict[str, Any], modules: dict[str, Optional[torch.nn.Module]],
+           stateful: dict[str, Any], *, fallback: Optional[dict[str, str]] = None, optional: tuple[str, ...] = ()) -> None:
+    """Load what `pack` wrote into the same modules and objects. fallback: a module missing from the
+    checkpoint takes another's tensors (an EMA turned on at a resume starts from G). optional: stateful
+    entries an older checkpoint may lack; one saved empty (a loss scaler that was off) is left alone.
+    Anything else missing is a KeyError."""
+    for name, module in modules.items():
+        if module is None:
+            continue
+        part = split_prefix(tensors, f"{name}.")
+        if not part and fallback and name in fallback:
+            part = split_prefix(tensors, f"{fallback[name]}.")
+        module.load_state_dict(part)
+    for key, obj in stateful.items():
+        if key not in state and key not in optional:
+            raise KeyError(f"the checkpoint has no {key!r}")
+        if state.get(key):
+            obj.load_state_dict(state[key])

@@ -194,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ganforge.config import format_config, load_yaml
     from ganforge.errors import GanforgeError
     from ganforge.runtime import Dist
-    from ganforge.train import Trainer
+    from ganforge.training.loop import Trainer
 
     out = Path(args.out)
     resume_dir = _resume_dir(args, out)

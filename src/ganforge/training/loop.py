@@ -1,0 +1,364 @@
+"""The training loop: dataset -> (G, D) -> objective -> optimizers, with artifacts and checkpoints.
+
+Progress is counted in steps (one discriminator batch each) and in real images seen. One step
+draws fresh noise, updates D, and every `n_critic`-th step updates G (Goodfellow et al. 2014,
+Alg. 1; Gulrajani et al. 2017 for n_critic > 1); what each phase minimises is `objective.Objective`,
+the learning rate at each step the pure `optim.learning_rates`. Losses stay on the device and are
+read back only at the end of a log window (every `log_every` steps, and at checkpoints,
+evaluations, epoch ends and max_steps), so the hot path never waits for the host.
+
+At each window end the ranks agree, in one small all-reduce, on the window's mean losses, on
+whether any rank's weights turned non-finite and on whether any rank received a stop signal; the
+health guard and the stop rules turn that into one `Verdict`, which `_train` acts on in one place.
+So every rank rolls back, stops and checkpoints at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from ganforge import __version__, capacity, runtime
+from ganforge.artifacts import RunLog, Snapshots
+from ganforge.augment import DiffAugment
+from ganforge.checkpoint import load_latest, pack, save_checkpoint, unpack
+from ganforge.config import Config, save_yaml, to_dict
+from ganforge.ema import ema_beta, update_ema
+from ganforge.errors import CheckpointError, ConfigError, GanforgeError
+from ganforge.gradsync import GradSync
+from ganforge.health import HealthGuard, Verdict
+from ganforge.optim import learning_rates, set_learning_rate
+from ganforge.resume import check_ranks, check_resume
+from ganforge.training import setup
+from ganforge.training.objective import Objective
+from ganforge.training.window import Window
+
+
+@dataclass
+class Progress:
+    step: int = 0          # discriminator steps done
+    epoch: int = 0         # current epoch, 0-based
+    pos: int = 0           # batches of the current epoch already done
+    images: int = 0        # real images seen, all ranks together
+    wall: float = 0.0      # training seconds so far
+    rollbacks: int = 0     # health-guard rollbacks so far
+    lr_scale: float = 1.0  # product of the rollback learning-rate cuts
+    best_fid: float = math.inf  # lowest FID of the periodic evaluations (checkpoints/best)
+
+
+class TrainingDiverged(GanforgeError):
+    """The loss kept turning non-finite after every rollback."""
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No weight gradients for `module` inside (its input gradients still flow through it)."""
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, run_dir: Path, resume: bool = False, dist: runtime.Dist = runtime.Dist(),
+                 allow_changes: bool = False):
+        self.cfg, self.run_dir, self.dist, t = cfg, run_dir, dist, cfg.train
+        # What a resume changes is checked before anything is built or written (ganforge.resume).
+        self.changes = check_resume(run_dir, cfg, allow=allow_changes) if resume else {}
+        self.device, self.precision = setup.device_and_precision(cfg, dist)
+        augment = DiffAugment(cfg.data.augment)
+        self.estimate = setup.check_models(cfg, device=self.device, dist=dist,
+                                           half_precision=self.precision.dtype is not None)
+        data, placement = setup.load_data(cfg, device=self.device, dist=dist)
+        self.data_info = setup.data_info(data)
+        self.num_classes = data.num_classes if cfg.model.conditional else 0
+        self.G, self.D, self.G_ema = setup.models(cfg, data, device=self.device, dist=dist)
+        self.opt_g, self.opt_d = setup.optimizers(cfg, self.G, self.D, self.device)
+        # One loss scaler per optimizer: D's and G's gradients overflow at different scales (fp16 only).
+        self.scaler_d, self.scaler_g = self.precision.scaler(self.device), self.precision.scaler(self.device)
+        self.sync_d, self.sync_g = (GradSync(m, world_size=dist.world_size) for m in (self.D, self.G))
+        g_fast, d_fast = setup.fast_modules(cfg, self.G, self.D)
+        self.objective = Objective(cfg.loss, z_dim=cfg.model.z_dim, augment=augment, precision=self.precision,
+                                   device=self.device, G=self.G, D=self.D, g_fast=g_fast, d_fast=d_fast)
+        self.batches = setup.batches(cfg, data, placement, device=self.device, dist=dist,
+                                     num_classes=self.num_classes)
+        self.real_preview = data.images[: t.num_samples].clone()  # a small copy, not a view pinning the set
+        self.evaluator = None
+        if t.eval_every or t.eval_every_kimg:  # on every rank: under torchrun they share the work
+            from ganforge.periodic_eval import PeriodicEval
+
+            self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes,
+                                          shard=dist.enabled)
+        self.snapshots = Snapshots(seed=t.seed, z_dim=cfg.model.z_dim, num_samples=t.num_samples,
+                                   num_classes=self.num_classes, device=self.device)
+        self.progress, self.resumed = Progress(), resume
+        if resume:
+            self._restore(allow_changes=allow_changes)
+        else:  # different noise on every rank, after the shared weight initialisation
+            runtime.seed_everything(t.seed + 1 + dist.rank)
+        self.log = RunLog(run_dir, resume_step=self.progress.step if resume else None) if dist.is_main else None
+        if self.log is not None:  # the start is accepted: record what it was estimated to need
+            capacity.save_record(self.estimate, run_dir)
+        self.health = HealthGuard(loss_has_probabilities=self.objective.loss.probabilities)
+        self.total_steps = t.epochs * self.batches.steps_per_epoch  # the learning-rate schedule's horizon
+        self.window = Window(skip_non_finite=self.precision.scaled, images=self.progress.images)
+        self._signals = runtime.GracefulStop()
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+        """D's step, then G's every `n_critic`-th step; losses accumulate on the device."""
+        cfg, p = self.cfg, self.progress
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_g = (p.step + 1) % cfg.loss.n_critic == 0
+        lr_g, lr_d = learning_rates(cfg.optim, step=p.step, total_steps=self.total_steps, lr_scale=p.lr_scale)
+        set_learning_rate(self.opt_g, lr_g)
+        set_learning_rate(self.opt_d, lr_d)
+
+        d = self.objective.discriminator(x, labels, step=p.step, train_g=train_g, scaler=self.scaler_d)
+        self._optimize(d.loss, self.opt_d, self.scaler_d, self.sync_d)
+        self.window.add(loss_d=d.loss, d_real=d.d_real, d_fake=d.d_fake)
+        if train_g:
+            with frozen(self.D):  # G's loss needs D's input gradients only, not its weight gradients
+                loss_g = self.objective.generator(x, labels, d.fake)
+                self._optimize(loss_g, self.opt_g, self.scaler_g, self.sync_g)
+            self._update_ema(images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic)
+            self.window.add(loss_g=loss_g)
+            if self.precision.scaled:
+                self.window.add(loss_scale_g=self.scaler_g._get_scale_async())
+        if self.precision.scaled:  # the current loss scales, logged: a scale that keeps falling means overflows
+            self.window.add(loss_scale_d=self.scaler_d._get_scale_async())
+
+    @staticmethod
+    def _optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  sync: GradSync) -> None:
+        """Backward with the gradient all-reduce overlapped, then the step. Under fp16 the loss is scaled
+        and a step whose averaged gradients overflowed is skipped, alike on every rank."""
+        opt.zero_grad(set_to_none=True)
+        sync.arm()
+        scaler.scale(loss).backward()
+        sync.finish()
+        scaler.step(opt)
+        scaler.update()
+
+    def _update_ema(self, *, images: int) -> None:
+        if self.G_ema is None:
+            return
+        m = self.cfg.model
+        beta = ema_beta(images, m.ema_kimg * 1000, images_seen=self.progress.images + images, rampup=m.ema_rampup)
+        update_ema(self.G_ema, self.G, beta)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> Verdict:
+        """Train until the last epoch or a stop; the returned verdict says why it stopped ("" when it finished)."""
+        p = self.progress
+        if self.dist.is_main:
+            save_yaml(self.cfg, self.run_dir / "config.yaml")
+            Snapshots.write_real(self.log, self.real_preview)
+            if self.changes:
+                self.log.log({"step": p.step, "event": "resume", "changed": self.changes})
+        if not self.resumed:
+            self.save()  # a rollback target from the very start
+        self._signals.install()
+        self._start_wall = time.perf_counter() - p.wall
+        try:
+            verdict = self._train()
+        except RuntimeError as exc:  # deterministic mode refused an operation: say which, in one line
+            op = runtime.nondeterministic_op(exc)
+            if op is None:
+                raise
+            raise ConfigError(f"train.deterministic=true: {op} has no deterministic implementation on "
+                              f"{self.device.type}; set train.deterministic=false, or change the setting that "
+                              f"uses it (e.g. model.upsample=nearest)") from None
+        except OSError as exc:  # a full or vanished disk while logging: the last checkpoint is intact
+            raise GanforgeError(f"cannot write {exc.filename or self.run_dir} ({exc.strerror or exc}); free space, "
+                                f"then resume from the last checkpoint: --resume {self.run_dir}") from None
+        finally:
+            self._signals.uninstall()
+            if self.log is not None:
+                self.log.close()
+        if self.dist.is_main:
+            done = f"stopped: {verdict.stop}" if verdict.stop else "finished"
+            print(f"{done} at step {p.step} ({p.images / 1000:.1f} kimg, {p.wall:.0f} s); run folder: {self.run_dir}",
+                  flush=True)
+        return verdict
+
+    def _train(self) -> Verdict:
+        """The loop. Every decision (roll back, stop, checkpoint, evaluate) is taken here, at a window end."""
+        from ganforge.progress import EpochBar
+
+        t, p, steps = self.cfg.train, self.progress, self.batches.steps_per_epoch
+        if t.max_steps and p.step >= t.max_steps:  # a resume past --max-steps: not one step more
+            return Verdict(stop=f"reached train.max_steps={t.max_steps}")
+        while p.epoch < t.epochs:
+            verdict = Verdict()
+            bar = EpochBar(epoch=p.epoch, epochs=t.epochs, total=steps, start=p.pos, enabled=self.dist.is_main)
+            try:
+                for x, labels in self.batches.epoch(p.epoch, start=p.pos):
+                    # 1. One step, and the progress it makes.
+                    seen_before = p.images
+                    self.G.train()
+                    self.train_step(x, labels)
+                    p.step, p.pos, p.images = p.step + 1, p.pos + 1, p.images + x.shape[0] * self.dist.world_size
+                    p.wall = time.perf_counter() - self._start_wall
+                    bar.update()
+                    # 2. A window end? Only then does the host wait for the device.
+                    due = {"evaluate": self.evaluator is not None and self.evaluator.due_images(seen_before, p.images),
+                           "save": t.checkpoint_steps > 0 and p.step % t.checkpoint_steps == 0,
+                           "epoch_done": p.pos == steps}
+                    if not (any(due.values()) or p.step % t.log_every == 0 or (t.max_steps and p.step >= t.max_steps)):
+                        continue
+                    # 3. The ranks agree on the window and judge it: roll back, stop, or go on.
+                    verdict = self._end_window()
+                    if verdict.rollback:
+                        break
+                    bar.show(self.log.history[-1] if self.log is not None else {})
+                    # 4. What a healthy window end calls for: evaluation, the epoch's end, samples, checkpoint.
+                    if due["evaluate"]:
+                        self._evaluate(epoch=p.epoch + p.pos / steps)
+                    if due["epoch_done"]:
+                        p.epoch, p.pos = p.epoch + 1, 0
+                    self._outputs(save=due["save"], epoch_done=due["epoch_done"], stop=bool(verdict.stop))
+                    if verdict.stop:
+                        return verdict
+            finally:
+                bar.close()
+            # 5. A rollback restores the last good checkpoint; the epoch loop restarts from its position.
+            if verdict.rollback:
+                self._rollback(verdict.rollback)
+        return Verdict()
+
+    def _end_window(self) -> Verdict:
+        """Agree with the other ranks on the window (one all-reduce), log it on rank 0 and judge it."""
+        t, p = self.cfg.train, self.progress
+        asked = [torch.tensor(self._signals.signum == s, device=self.device) for s in (signal.SIGINT, signal.SIGTERM)]
+        sums, counts = self.window.take()
+        means, (sigint, sigterm, bad_weights) = self.dist.agree(
+            sums, counts, [*asked, ~HealthGuard.all_finite([self.G, self.D])])
+        # A window without a generator step (n_critic > 1) has no G loss: the key is absent, not NaN.
+        record = {"step": p.step, "epoch": p.epoch + p.pos / self.batches.steps_per_epoch, "kimg": p.images / 1000,
+                  **means, "images_per_s": self.window.rate(p.images), "time": p.wall}
+        rollback = self.health.check(record, weights_finite=not bad_weights)
+        if self.log is not None and not rollback:
+            self.log.log(record)
+        if sigint or sigterm:
+            signum = signal.SIGTERM if sigterm else signal.SIGINT
+            return Verdict(rollback, stop=f"received {signal.Signals(signum).name}", exit_code=128 + signum)
+        if t.max_steps and p.step >= t.max_steps:
+            return Verdict(rollback, stop=f"reached train.max_steps={t.max_steps}")
+        return Verdict(rollback)
+
+    def _outputs(self, *, save: bool, epoch_done: bool, stop: bool) -> None:
+        """Samples and checkpoints after a healthy window end (the epoch counter already advanced)."""
+        t, p = self.cfg.train, self.progress
+        last = epoch_done and p.epoch == t.epochs
+        save = save or stop or last or (epoch_done and p.epoch % t.checkpoint_every == 0)
+        if epoch_done or save:  # per-rank batch-norm statistics, averaged before samples and checkpoints
+            self.dist.average_buffers(*self._models().values())
+        if self.log is not None and (stop or last or (epoch_done and p.epoch % t.sample_every == 0)):
+            self._write_samples()
+        if save:
+            self.save()
+        if epoch_done and self.evaluator is not None and self.evaluator.due_epoch(p.epoch):
+            self._evaluate(epoch=p.epoch)
+
+    def _rollback(self, reason: str) -> None:
+        """Restore the last good checkpoint with lower learning rates, or give up after too many tries."""
+        t, p = self.cfg.train, self.progress
+        if p.rollbacks >= t.max_rollbacks:
+            raise TrainingDiverged(f"{reason}; gave up after {p.rollbacks} rollbacks (train.max_rollbacks). "
+                                   f"Lower optim.lr_g / optim.lr_d or change the loss, then resume from "
+                                   f"{self.run_dir}")
+        rollbacks, lr_scale = p.rollbacks + 1, p.lr_scale * t.rollback_lr_factor
+        path = self._restore(allow_changes=True)
+        p.rollbacks, p.lr_scale = rollbacks, lr_scale
+        self.window = Window(skip_non_finite=self.precision.scaled, images=p.images)
+        self._start_wall = time.perf_counter() - p.wall
+        if self.log is not None:
+            self.log.truncate(p.step)
+            self.log.log({"step": p.step, "event": "rollback", "reason": reason, "restored": str(path),
+                          "lr_scale": lr_scale})
+        warnings.warn(f"{reason}: rolled back to {path.name} and scaled the learning rates by {lr_scale:g} "
+                      f"(rollback {rollbacks} of {t.max_rollbacks})", stacklevel=2)
+
+    # ------------------------------------------------------------------ snapshots, evaluation, checkpoints
+
+    def _sampler(self) -> nn.Module:
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def _write_samples(self) -> None:
+        p = self.progress
+        images = self.snapshots.images(self._sampler())
+        if p.images >= 50_000:  # an untrained G is legitimately near-constant; judge it only later
+            self.health.check_diversity(images[:64], self.real_preview[:64].float() / 127.5 - 1, step=p.step)
+        # The epoch these weights finished, or the one they are inside (a stop mid-epoch).
+        self.snapshots.write(self.log, images, epoch_label=p.epoch if p.pos == 0 else p.epoch + 1, step=p.step)
+        self.log.plot_losses(probabilities=self.objective.loss.probabilities)
+
+    def _evaluate(self, *, epoch: float) -> None:
+        """Log a small-N evaluation; keep the checkpoint with the lowest FID as checkpoints/best."""
+        from ganforge.periodic_eval import improved
+
+        p, g = self.progress, self._sampler()
+        self.dist.average_buffers(g)  # the same generator on every rank, in eval mode too
+        values = self.evaluator(g, step=p.step)
+        if self.log is not None:
+            self.log.log({"step": p.step, "epoch": epoch, **values})
+        best = improved(values, p.best_fid)
+        if best is not None:
+            p.best_fid = best
+            self.save(name="best")
+
+    def _models(self) -> dict[str, Optional[nn.Module]]:
+        return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
+
+    def _stateful(self) -> dict:
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d, "scaler_g": self.scaler_g, "scaler_d": self.scaler_d}
+
+    def save(self, *, name: Optional[str] = None) -> Optional[Path]:
+        """Checkpoint the full state (rank 0 writes); called only after a healthy window end."""
+        # Every rank's RNG goes into the checkpoint so a resumed multi-rank run draws the same noise.
+        if name is None:  # a named copy (best) is written by rank 0 alone
+            states = self.dist.gather(runtime.rng_state(self.device))
+            self.dist.check_in_sync(self.G, self.D)
+        else:
+            states = [runtime.rng_state(self.device)]
+        if not self.dist.is_main:
+            return None
+        tensors, state = pack(self._models(), self._stateful(), progress=vars(self.progress).copy(), rng=states,
+                              config=to_dict(self.cfg), data_shape=self.data_info, version=__version__,
+                              world_size=self.dist.world_size)
+        return save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
+                               keep=self.cfg.train.keep_checkpoints, name=name)
+
+    def _restore(self, *, allow_changes: bool) -> Path:
+        """Load the newest good checkpoint into what `save` packed (refusing one that does not fit)."""
+        path, tensors, state = load_latest(self.run_dir, map_location="cpu")
+        if state.get("data_shape", {}).get("size") != self.data_info["size"]:
+            raise ConfigError(f"{path}: checkpoint is for {state['data_shape']} images; the data now gives "
+                              f"{self.data_info['size']}x{self.data_info['size']}")
+        self.changes.update(check_ranks(state, self.dist.world_size, run_dir=self.run_dir, allow=allow_changes))
+        try:  # the loss scalers are absent from checkpoints written before fp16 training
+            unpack(tensors, state, self._models(), self._stateful(), fallback={"G_ema": "G"},
+                   optional=("scaler_g", "scaler_d"))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = next((s.strip() for s in str(exc).splitlines()[1:] if s.strip()), str(exc))
+            raise CheckpointError(f"{path}: does not fit this model and optimizer ({detail})") from None
+        vars(self.progress).update(vars(Progress(**state["progress"])))  # in place: the loop holds it
+        runtime.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)], self.device)
+        if self.dist.is_main:
+            print(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch + 1}, "
+                  f"{self.progress.images / 1000:.1f} kimg", flush=True)
+        return path

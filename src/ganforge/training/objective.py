@@ -1,0 +1,91 @@
+"""One training step's objective: D's loss with its penalties, then G's loss (the loop only optimizes).
+
+The loss itself is an entry of `ganforge.losses.LOSSES` (pure functions of logits); this object adds
+what every loss shares, so that the trainer's step is a few lines (as stylegan2-ada keeps its
+objective in training/loss.py):
+
+- DiffAugment (Zhao et al. 2020) on every image D sees, real and generated, in both phases;
+- the zero-centred penalties R1 on real and R2 on generated images (Mescheder et al. 2018; Roth et
+  al. 2017), lazily every `loss.reg_every` steps and weighted by it (Karras et al. 2020), taken with
+  respect to the images *before* augmentation;
+- WGAN-GP's penalty on interpolates (Gulrajani et al. 2017);
+- mixed precision (`ganforge.precision`): the forward passes under autocast, the penalties'
+  inner gradients of the scaled output under fp16;
+- torch.compile: the fast (compiled) modules for every pass except those a penalty differentiates
+  twice, which need the eager D (compiled graphs have no double backward).
+
+D(x) and D(G(z)) are reported as probabilities for the sigmoid losses and as raw critic values for
+the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ganforge.augment import DiffAugment
+from ganforge.config import LossConfig
+from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
+from ganforge.precision import Precision
+
+
+@dataclass
+class DiscriminatorStep:
+    loss: torch.Tensor
+    fake: torch.Tensor             # G(z), with its graph when G learns this step
+    d_real: torch.Tensor           # D(x) as logged: a probability or a critic value, detached
+    d_fake: torch.Tensor
+
+
+class Objective:
+    def __init__(self, cfg: LossConfig, *, z_dim: int, augment: DiffAugment, precision: Precision,
+                 device: torch.device, G: nn.Module, D: nn.Module, g_fast: Optional[Callable] = None,
+                 d_fast: Optional[Callable] = None):
+        self.cfg, self.loss, self.z_dim = cfg, LOSSES.get(cfg.name), z_dim
+        self.augment, self.precision, self.device = augment, precision, device
+        self.G, self.D = G, D
+        self.g_fast = g_fast if g_fast is not None else G
+        self.d_fast = d_fast if d_fast is not None else D
+        self._report = torch.sigmoid if self.loss.probabilities else (lambda v: v)
+
+    @property
+    def penalises_gradients(self) -> bool:
+        """Whether D's input gradients are penalised per sample (which batch norm in D would mix)."""
+        return self.loss.gradient_penalty or self.cfg.r1_gamma > 0 or self.cfg.r2_gamma > 0
+
+    def discriminator(self, x: torch.Tensor, labels: Optional[torch.Tensor], *, step: int, train_g: bool,
+                      scaler: torch.amp.GradScaler) -> DiscriminatorStep:
+        """D's loss on a real batch and a fresh generated one (drawn with the real batch's labels, so
+        class-balanced like the data); `train_g` keeps G's graph for the generator phase."""
+        c = self.cfg
+        reg = step % c.reg_every == 0
+        r1, r2 = reg and c.r1_gamma > 0, reg and c.r2_gamma > 0
+        z = torch.randn(x.shape[0], self.z_dim, device=self.device)
+        with self.precision.autocast(self.device):
+            with torch.set_grad_enabled(train_g):  # no G graph when only D learns this step
+                fake = self.g_fast(z, labels)
+            real_in, fake_in = x.detach().requires_grad_(r1), fake.detach().requires_grad_(r2)
+            d_real = (self.D if r1 else self.d_fast)(self.augment(real_in), labels).float()
+            d_fake = (self.D if r2 else self.d_fast)(self.augment(fake_in), labels).float()
+            loss = self.loss.d_loss(d_real, d_fake, c)
+        if r1:
+            loss = loss + c.r1_gamma / 2 * c.reg_every * zero_centred_penalty(d_real, real_in, scaler)
+        if r2:
+            loss = loss + c.r2_gamma / 2 * c.reg_every * zero_centred_penalty(d_fake, fake_in, scaler)
+        if self.loss.gradient_penalty:
+            loss = loss + c.gp_weight * gradient_penalty(self.D, x, fake.detach().float(), labels, scaler=scaler)
+        return DiscriminatorStep(loss, fake, self._report(d_real.detach()).mean(),
+                                 self._report(d_fake.detach()).mean())
+
+    def generator(self, x: torch.Tensor, labels: Optional[torch.Tensor], fake: torch.Tensor) -> torch.Tensor:
+        """G's loss for the images of this step's D phase, judged by the just-updated D. Call it with D's
+        weights frozen: G needs D's input gradients only."""
+        with self.precision.autocast(self.device):
+            real_logits = None
+            if self.loss.relativistic:  # the pairing compares with the updated D's real logits
+                with torch.no_grad():
+                    real_logits = self.d_fast(self.augment(x), labels).float()
+            return self.loss.g_loss(self.d_fast(self.augment(fake), labels).float(), real_logits)

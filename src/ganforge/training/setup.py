@@ -1,0 +1,125 @@
+"""How a run's parts are built from its config, in the order that refuses bad input before costly work.
+
+1. `device_and_precision`: threads, determinism, the device (under torchrun the GPU of the local
+   rank), the mixed precision it runs natively, and the settings determinism cannot honour there;
+   unknown loss or optimizer names.
+2. `check_models`: the models' size and memory, estimated on PyTorch's meta device (nothing is
+   allocated), and whether D may be penalised; all before the data set is decoded, which can take
+   minutes for a large folder.
+3. `load_data`: the decoded uint8 set (memory-mapped, one decode per host) and where it will live.
+4. `models`: G, D and the EMA copy of G, built once for the data's real shape, with the same
+   weights on every rank; `optimizers`, `fast_modules` (torch.compile) and `batches` around them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ganforge import capacity, precision, runtime
+from ganforge.config import Config
+from ganforge.data import DATASETS, ImageData, load_dataset
+from ganforge.data.batches import DeviceBatches, choose_placement, describe
+from ganforge.errors import ConfigError
+from ganforge.losses import LOSSES
+from ganforge.models import build_models
+from ganforge.optim import OPTIMIZERS
+from ganforge.runtime import Dist
+
+
+def device_and_precision(cfg: Config, dist: Dist) -> tuple[torch.device, precision.Precision]:
+    t = cfg.train
+    runtime.configure(t, world_size=dist.world_size)
+    device = runtime.pick_device(t.device, local_rank=dist.local_rank, world_size=dist.world_size)
+    chosen = precision.choose(t.amp, device)
+    conflict = runtime.deterministic_conflict(cfg, device)
+    if conflict:
+        raise ConfigError(conflict)
+    LOSSES.get(cfg.loss.name)        # unknown names are refused before the data loads
+    OPTIMIZERS.get(cfg.optim.name)
+    return device, chosen
+
+
+def check_models(cfg: Config, *, device: torch.device, half_precision: bool, dist: Dist) -> capacity.Estimate:
+    """The start-up estimate for the dataset's declared shape (the models' own refusals included), and
+    the one combination of losses and layers that cannot work: a per-sample gradient penalty with
+    batch norm in D, which mixes the samples of a batch."""
+    spec = DATASETS.get(cfg.data.name)
+    # A folder's classes are known only after listing it: assume two for this check.
+    classes = spec.num_classes or (2 if cfg.model.conditional and spec.name == "folder" else 0)
+    est = capacity.check_start(cfg, channels=spec.channels, size=cfg.data.size or spec.native_size,
+                               num_classes=classes, device=device, dist=dist, half_precision=half_precision)
+    loss = LOSSES.get(cfg.loss.name)
+    if (loss.gradient_penalty or cfg.loss.r1_gamma > 0 or cfg.loss.r2_gamma > 0) and est.d_batch_norm:
+        what = f"loss.name={cfg.loss.name}" if loss.gradient_penalty else "loss.r1_gamma / loss.r2_gamma"
+        raise ConfigError(f"{what} penalises each sample's gradient, which batch norm in the "
+                          f"discriminator mixes across the batch; use model.d_norm=layer or none "
+                          f"(architecture {cfg.model.arch!r})")
+    return est
+
+
+def load_data(cfg: Config, *, device: torch.device, dist: Dist) -> tuple[ImageData, str]:
+    """The decoded set and its placement (`device` or `host`), decided before any model takes device
+    memory, so a forced device copy that cannot fit is refused first."""
+    d = cfg.data
+    data = load_dataset(name=d.name, root=d.root, split=d.split, size=d.size, limit=d.limit, dist=dist)
+    placement = choose_placement(d.placement, share=d.device_share, nbytes=data.images.nbytes, device=device)
+    return data, placement
+
+
+def data_info(data: ImageData) -> dict:
+    """What a checkpoint records of the data, to refuse a resume on data of another shape."""
+    return {"channels": data.channels, "size": data.size, "num_classes": data.num_classes,
+            "class_names": list(data.class_names), "source": data.source, "count": len(data)}
+
+
+def models(cfg: Config, data: ImageData, *, device: torch.device,
+           dist: Dist) -> tuple[nn.Module, nn.Module, Optional[nn.Module]]:
+    """(G, D, EMA of G or None) on the device, bit-identical on every rank."""
+    t = cfg.train
+    runtime.seed_everything(t.seed)  # the same initial weights on every rank and in every rerun
+    G, D = build_models(cfg.model, channels=data.channels, size=data.size, num_classes=data.num_classes)
+    if t.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
+        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    G.to(device)
+    D.to(device)
+    dist.broadcast_modules(G, D)  # identical starting weights on every rank, whatever the RNG did
+    if t.channels_last:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.model.ema_kimg > 0 else None
+    return G, D, G_ema
+
+
+def optimizers(cfg: Config, G: nn.Module, D: nn.Module,
+               device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    build = OPTIMIZERS.get(cfg.optim.name)
+    return build(G.parameters(), cfg.optim.lr_g, cfg.optim, device), build(D.parameters(), cfg.optim.lr_d,
+                                                                           cfg.optim, device)
+
+
+def fast_modules(cfg: Config, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """G and D compiled (`train.compile`), sharing the eager modules' weights; else the modules themselves."""
+    t = cfg.train
+    if not t.compile:
+        return G, D
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if t.compile_backend not in backends:
+        raise ConfigError(f"train.compile_backend={t.compile_backend!r}: choose one of {', '.join(backends)}")
+    return torch.compile(G, backend=t.compile_backend), torch.compile(D, backend=t.compile_backend)
+
+
+def batches(cfg: Config, data: ImageData, placement: str, *, device: torch.device, dist: Dist,
+            num_classes: int) -> DeviceBatches:
+    t = cfg.train
+    out = DeviceBatches(data.images, data.labels if num_classes else None, batch_size=t.batch_size, seed=t.seed,
+                        device=device, rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip,
+                        placement=placement)
+    if dist.is_main:
+        print(describe(data.images, placement=placement, device=device, mapped=data.mapped), flush=True)
+    return out
