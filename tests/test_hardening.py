@@ -1,0 +1,136 @@
+"""Every command that writes, against every hostile output path: refused in one line (exit 2), the
+original untouched, no debris. A new command joins by adding a row to COMMANDS, a new path to TARGETS.
+
+Each row is refused before any work is done, so the table stays fast. The runs written at are copies
+in the test's own folder, so a regression destroys a copy, not the session's shared runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from ganforge.cli import main
+
+ROOT = os.geteuid() == 0
+
+# argv for a command writing to `out`; `force` adds --overwrite where the command has it.
+COMMANDS = {
+    "sample": lambda run, out, force: ["sample", run, "--n", "4", "--out", out] + force,
+    "interpolate": lambda run, out, force: ["interpolate", run, "--out", out] + force,
+    "compare": lambda run, out, force: ["compare", run, "--out", out] + force,
+    "report": lambda run, out, force: ["report", run, "--out", out],
+    "export": lambda run, out, force: ["export", run, "--format", "torchscript", "--out", out] + force,
+    "audit": lambda run, out, force: ["audit", run, "--n", "8", "--device", "cpu", "--out", out] + force,
+    "eval --json": lambda run, out, force: ["eval", run, "--n", "8", "--metrics", "cls-fid", "--device", "cpu",
+                                            "--json", out] + force,
+}
+
+
+def _read_only_folder(tmp: Path) -> str:
+    """A folder no file can be created in. Root ignores a folder's mode bits, so as root /proc stands in:
+    the kernel refuses every new name there, whoever asks."""
+    if ROOT:
+        return "/proc/ganforge-hostile.png"
+    folder = tmp / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return str(folder / "new.png")
+
+
+def _device_node(tmp: Path) -> str:
+    """A character device like /dev/null, made in the test's folder when allowed (root), so a regression
+    replaces a node of our own and not the machine's /dev/null."""
+    node = tmp / "null.png"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        return str(node)
+    except (PermissionError, AttributeError):
+        return "/dev/null"
+
+
+def _fifo(tmp: Path) -> str:
+    os.mkfifo(tmp / "pipe.png")
+    return str(tmp / "pipe.png")
+
+
+def _user_file(tmp: Path) -> str:
+    (tmp / "mine.png").write_bytes(b"the user's own file")
+    return str(tmp / "mine.png")
+
+
+# name -> (path to write at, given the test folder, pass --overwrite?)
+TARGETS = {
+    "run folder": (lambda tmp: str(tmp / "runs" / "other"), True),
+    "folder holding a run": (lambda tmp: str(tmp / "runs"), True),
+    "parent of the run": (lambda tmp: str(tmp / "work"), True),
+    "inside checkpoints/": (lambda tmp: str(tmp / "runs" / "other" / "checkpoints" / "new.png"), True),
+    "a checkpoint": (lambda tmp: str(next((tmp / "runs" / "other" / "checkpoints").glob("step_*"))), True),
+    "current folder": (lambda tmp: ".", True),
+    "device node": (_device_node, True),
+    "fifo": (_fifo, True),
+    "existing file, no --overwrite": (_user_file, False),
+    "read-only folder": (_read_only_folder, True),
+}
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under `root`: its kind and, for a file, its content hash (so a change or a new
+    hidden temporary shows)."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(top) / name
+            st = os.lstat(p)
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else ""
+            out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), digest)
+    return out
+
+
+def _hung(signum, frame):
+    raise AssertionError("the command blocked (it opened the output, a FIFO, instead of refusing it)")
+
+
+@pytest.fixture
+def hostile_home(trained_runs, tmp_path, monkeypatch):
+    """tmp/work/r (the run the command reads), tmp/runs/other (a run it must not touch), tmp/cwd (the
+    current folder, holding a user's file)."""
+    shutil.copytree(trained_runs["gan"], tmp_path / "work" / "r")
+    shutil.copytree(trained_runs["gan"], tmp_path / "runs" / "other")
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_writers_refuse_hostile_outputs(hostile_home, capsys, command, target):
+    tmp = hostile_home
+    make, force = TARGETS[target]
+    out = make(tmp)
+    before = snapshot(tmp)
+    node_before = os.stat(out) if os.path.exists(out) else None
+    argv = [str(a) for a in COMMANDS[command](tmp / "work" / "r", out, ["--overwrite"] if force else [])]
+    capsys.readouterr()
+    signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(60)  # opening a FIFO blocks until a reader comes: a hang is a failure, not a stuck suite
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, (argv, err)
+    assert "Traceback" not in err and err.startswith("ganforge: error: ") and err.count("\n") == 1, err
+    assert snapshot(tmp) == before
+    if node_before is not None:
+        after = os.stat(out)
+        assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(node_before.st_mode)
+        assert after.st_ino == node_before.st_ino
