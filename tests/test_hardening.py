@@ -134,3 +134,63 @@ def test_writers_refuse_hostile_outputs(hostile_home, capsys, command, target):
         after = os.stat(out)
         assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(node_before.st_mode)
         assert after.st_ino == node_before.st_ino
+
+
+def _cli(argv, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    return exit_.value.code, capsys.readouterr().err
+
+
+def _one_line(err: str) -> bool:
+    return "Traceback" not in err and err.startswith("ganforge: error: ") and err.count("\n") == 1
+
+
+def test_a_folder_named_like_a_checkpoint_is_not_one_and_pruning_keeps_the_new_checkpoint(trained_runs, tmp_path):
+    from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
+
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    real = list_checkpoints(run)[-1]
+    tensors, state = load_checkpoint(real)
+    users = run / "checkpoints" / "step_999999999"
+    users.mkdir()
+    (users / "notes.txt").write_text("a user's folder")
+    bogus = run / "checkpoints" / "step_999999998"  # a checkpoint's two file names, not a checkpoint
+    bogus.mkdir()
+    (bogus / "weights.safetensors").write_bytes(b"x")
+    (bogus / "state.pt").write_bytes(b"y")
+    assert users not in list_checkpoints(run)
+    new = save_checkpoint(run, step=state["progress"]["step"] + 1, tensors=tensors, state=state, keep=1)
+    assert new.is_dir() and (users / "notes.txt").read_text() == "a user's folder" and bogus.is_dir()
+    with pytest.warns(UserWarning):
+        assert load_latest(run)[0] == new
+    assert not real.exists()  # keep=1: the older real checkpoint goes, and only it
+
+
+def test_resume_auto_refuses_to_start_again_inside_a_run_with_no_loadable_checkpoint(trained_runs, tmp_path, capsys):
+    from tests.conftest import TINY
+
+    out = tmp_path / "runs"
+    run = out / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    for p in (run / "checkpoints").iterdir():
+        shutil.rmtree(p)
+    (run / "checkpoints" / "step_000000004").mkdir()
+    (run / "checkpoints" / "step_000000004" / "notes.txt").write_text("not a checkpoint")
+    before = snapshot(run)
+    code, err = _cli(["train", "--out", out, "--name", "gan", "--resume", "auto", "--max-steps", "1", *TINY], capsys)
+    assert code == 2 and _one_line(err) and "step_000000004" in err, err
+    assert snapshot(run) == before
+
+
+def test_train_out_a_run_folder_is_refused(trained_runs, tmp_path, capsys):
+    from tests.conftest import TINY
+
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    before = snapshot(run)
+    code, err = _cli(["train", "--out", run, "--max-steps", "1", *TINY], capsys)
+    assert code == 2 and _one_line(err) and "is a run folder" in err, err
+    assert snapshot(run) == before
