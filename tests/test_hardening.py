@@ -194,3 +194,30 @@ def test_train_out_a_run_folder_is_refused(trained_runs, tmp_path, capsys):
     code, err = _cli(["train", "--out", run, "--max-steps", "1", *TINY], capsys)
     assert code == 2 and _one_line(err) and "is a run folder" in err, err
     assert snapshot(run) == before
+
+
+def test_eval_json_never_replaces_a_kept_record(trained_runs, tmp_path, capsys):
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    (run / "eval").mkdir()
+    kept = run / "eval" / "step_000000004-20261124T221503Z.json"
+    kept.write_text('{"metrics": {}}\n')
+    (run / "eval.json").write_text('{"metrics": {}}\n')
+    before = snapshot(tmp_path)
+    for target in (kept, run / "eval.json"):
+        code, err = _cli(["eval", run, "--n", "8", "--metrics", "cls-fid", "--device", "cpu", "--json", target,
+                          "--overwrite"], capsys)
+        assert code == 2 and _one_line(err) and "never overwritten" in err, err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["sample", "export", "eval --json", "audit"])
+def test_a_checkpoint_of_another_model_under_checkpoints_is_refused(trained_runs, tmp_path, capsys, command):
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    foreign = sorted((trained_runs["cgan"] / "checkpoints").glob("step_*"))[-1]
+    shutil.copytree(foreign, run / "checkpoints" / "step_000009999")  # the newest: what readers pick
+    out = tmp_path / "out.pt"
+    code, err = _cli(COMMANDS[command](run, out, []), capsys)
+    assert code == 2 and _one_line(err) and "another model" in err and "model.conditional" in err, err
+    assert not out.exists()

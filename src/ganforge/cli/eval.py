@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ganforge.errors import CheckpointError, ConfigError
+from ganforge.errors import ConfigError
 
 MAX_N = 1_000_000      # papers use 50,000; more is a typo, not a plan
 MAX_BATCH = 4096
@@ -86,32 +86,12 @@ def _batch_size(text) -> int | str:
     return value
 
 
-def _checkpoint_folder(path: str) -> Path:
-    p = Path(path)
-    if p.is_file():      # weights.safetensors or state.pt: the folder is the checkpoint
-        p = p.parent
-    if not p.is_dir():
-        raise CheckpointError(f"--checkpoint {path}: no such checkpoint folder")
-    return p
-
-
 def _load(args: argparse.Namespace, run_dir: Path, device):
-    from ganforge.checkpoint import load_generator, load_latest
-    from ganforge.config import load_yaml
+    """(checkpoint folder, config, generator) through the one loader of a run, with its checks."""
+    from ganforge.outputs.model import load_model
 
-    checkpoint = _checkpoint_folder(args.checkpoint) if args.checkpoint else None
-    if checkpoint is None:
-        checkpoint = load_latest(run_dir)[0]  # the newest readable one: its name goes into the record
-    cfg, g = load_generator(run_dir, checkpoint=checkpoint, device=device)
-    run_config = run_dir / "config.yaml"
-    if args.checkpoint and run_config.is_file():
-        own = load_yaml(run_config).model
-        if (own.arch, own.z_dim, own.conditional) != (cfg.model.arch, cfg.model.z_dim, cfg.model.conditional):
-            raise CheckpointError(
-                f"{checkpoint} is a {cfg.model.arch} checkpoint (z_dim={cfg.model.z_dim}, conditional="
-                f"{cfg.model.conditional}) but {run_dir} is a {own.arch} run (z_dim={own.z_dim}, "
-                f"conditional={own.conditional}): pass a checkpoint of this run")
-    return checkpoint, cfg, g
+    model = load_model(run_dir, checkpoint=args.checkpoint, device=device)
+    return model.checkpoint, model.cfg, model.g
 
 
 def _format_value(rec: dict) -> str:
