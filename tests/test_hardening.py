@@ -221,3 +221,33 @@ def test_a_checkpoint_of_another_model_under_checkpoints_is_refused(trained_runs
     code, err = _cli(COMMANDS[command](run, out, []), capsys)
     assert code == 2 and _one_line(err) and "another model" in err and "model.conditional" in err, err
     assert not out.exists()
+
+
+def test_eval_refuses_reference_data_other_than_the_runs(tmp_path, capsys):
+    from tests.conftest import TINY, shared_path
+
+    mnist, fashion = shared_path("mnist"), shared_path("fashion-mnist")
+    code, err = _cli(["train", "--out", tmp_path, "--name", "m", "--max-steps", "2", *TINY, "--set", "data.name=mnist",
+                      "--data-dir", mnist, "--set", "model.conditional=false"], capsys)
+    assert code == 0, err
+    code, err = _cli(["eval", tmp_path / "m", "--n", "8", "--metrics", "cls-fid", "--device", "cpu",
+                      "--data-dir", fashion, "--json", tmp_path / "e.json"], capsys)
+    assert code == 2 and _one_line(err) and "differ in content" in err, err
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_compare_flags_different_reference_data(trained_runs, tmp_path):
+    import json
+
+    from ganforge.outputs.compare import table
+    from ganforge.outputs.runs import read_run
+
+    runs = []
+    for name, digest in (("a", "0123"), ("b", "4567")):
+        shutil.copytree(trained_runs["gan"], tmp_path / name)
+        record = {"dataset": "mnist", "reference_split": "train", "n_generated": 10, "reference_data_digest": digest,
+                  "metrics": {"fid": {"value": 1.0, "n_generated": 10, "n_real": 10}}}
+        (tmp_path / name / "eval.json").write_text(json.dumps(record))
+        runs.append(read_run(tmp_path / name))
+    notes = table(runs)[2]
+    assert notes and "reference_data_digest=0123" in notes[0] and "reference_data_digest=4567" in notes[0]

@@ -4,7 +4,10 @@ their final grids side by side."""
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
+
+from ganforge.errors import UsageError
 
 NAMES = ("compare.md", "compare.csv", "compare.png")
 
@@ -29,6 +32,14 @@ def run(args: argparse.Namespace) -> int:
     runs = [read_run(d) for d in args.run_dirs]
     out = check_output_folder(Path(args.out), NAMES, overwrite=args.overwrite)
     print(markdown(*table(runs)))
-    written = write(runs, out)
+    created = not out.exists()
+    try:
+        out.mkdir(exist_ok=True)
+        written = write(runs, out)
+    except OSError as exc:
+        if created:  # nothing but this command's own files are in it: leave no empty or partial result
+            shutil.rmtree(out, ignore_errors=True)
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc}); "
+                         f"{'nothing was written' if created else 'the files written before are complete'}") from None
     print("wrote", ", ".join(str(p) for p in written.values()))
     return 0

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ganforge.errors import ConfigError
+from ganforge.errors import ConfigError, GanforgeError
 
 MAX_N = 1_000_000      # papers use 50,000; more is a typo, not a plan
 MAX_BATCH = 4096
@@ -94,6 +94,29 @@ def _load(args: argparse.Namespace, run_dir: Path, device):
     return model.checkpoint, model.cfg, model.g
 
 
+def _reference_digest(args: argparse.Namespace, cfg) -> str:
+    """The content digest of the reference data; a --data-dir whose files differ from those of the run's
+    own data.root (when that is still there) is refused: it would file numbers against other data
+    under the run's data set name."""
+    from ganforge.data import check_data_dir, dataset_digest
+
+    name, size, split = cfg.data.name, cfg.data.size, args.split
+    digest = dataset_digest(name=name, root=args.data_dir or cfg.data.root, split=split, size=size)
+    own = cfg.data.root
+    if not args.data_dir or not own or Path(args.data_dir).resolve() == Path(own).resolve():
+        return digest
+    try:
+        check_data_dir(name, own)
+        own_digest = dataset_digest(name=name, root=own, split=split, size=size)
+    except (GanforgeError, OSError):
+        return digest  # the run's data moved away: nothing to compare with; the record keeps the digest
+    if own_digest != digest:
+        raise ConfigError(f"--data-dir {args.data_dir}: its {name} {split} files differ in content from the "
+                          f"run's data in {own} (digest {digest} vs {own_digest}); evaluate against the data "
+                          f"the run was trained on (leave --data-dir out)")
+    return digest
+
+
 def _format_value(rec: dict) -> str:
     v = rec.get("value")
     if v is None:
@@ -156,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     root = args.data_dir or cfg.data.root
     check_data_dir(name, root)
     fingerprint = dataset_fingerprint(name=name, root=root, split=args.split, size=size)  # finds the files
+    digest = _reference_digest(args, cfg)
 
     def real_images() -> torch.Tensor:
         return load_dataset(name=name, root=root, split=args.split, size=size).images
@@ -187,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "ganforge" in str(w.filename) + str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    record.update(run_dir=str(run_dir), checkpoint=str(checkpoint), arch=cfg.model.arch, preset=cfg.preset,
+    record.update(reference_data_digest=digest, run_dir=str(run_dir), checkpoint=str(checkpoint), arch=cfg.model.arch, preset=cfg.preset,
                   data_dir=str(root) if root else None,
                   evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(format_table(record))

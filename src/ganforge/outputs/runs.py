@@ -14,7 +14,8 @@ import yaml
 from ganforge.errors import CheckpointError, UsageError
 
 # What makes two evaluations comparable: the same data and split, N, feature network and resize.
-PROTOCOL_KEYS = ("dataset", "reference_split", "n_generated", "n_real", "feature_network", "resize_method")
+PROTOCOL_KEYS = ("dataset", "reference_split", "n_generated", "n_real", "feature_network", "resize_method",
+                 "reference_data_digest")
 
 
 @dataclass
