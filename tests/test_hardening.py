@@ -28,7 +28,8 @@ COMMANDS = {
     "report": lambda run, out, force: ["report", run, "--out", out],
     "export": lambda run, out, force: ["export", run, "--format", "torchscript", "--out", out] + force,
     "audit": lambda run, out, force: ["audit", run, "--n", "8", "--device", "cpu", "--out", out] + force,
-    "eval --json": lambda run, out, force: ["eval", run, "--n", "8", "--metrics", "cls-fid", "--device", "cpu",
+    "eval --json": lambda run, out, force: ["eval", run, "--n", "8", "--n-real", "16", "--metrics", "cls-fid",
+                                            "--device", "cpu",
                                             "--json", out] + force,
 }
 
@@ -251,3 +252,67 @@ def test_compare_flags_different_reference_data(trained_runs, tmp_path):
         runs.append(read_run(tmp_path / name))
     notes = table(runs)[2]
     assert notes and "reference_data_digest=0123" in notes[0] and "reference_data_digest=4567" in notes[0]
+
+
+# A full file system, simulated where every write is flushed: fsync fails as on a disk with no room.
+FULL_DISK = {
+    "sample": "out-samples",
+    "interpolate": "walk.png",
+    "compare": "cmp",
+    "report": "page.html",
+    "export": "g.pt",
+    "eval --json": "e.json",
+    "eval": None,  # the run's own eval/ record
+}
+
+
+@pytest.mark.parametrize("command", list(FULL_DISK))
+def test_a_write_to_a_full_disk_is_one_line_and_leaves_nothing(trained_runs, tmp_path, capsys, monkeypatch, command):
+    import errno
+
+    from ganforge import fsutil
+
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    before = snapshot(tmp_path)
+
+    def full(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fsutil, "fsync", full)
+    name = FULL_DISK[command]
+    if name is None:
+        argv = ["eval", run, "--n", "8", "--n-real", "16", "--metrics", "cls-fid", "--device", "cpu"]
+    else:
+        argv = COMMANDS[command](run, tmp_path / name, [])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    last = captured.err.splitlines(keepends=True)[-1:]  # eval reports its progress on stderr first
+    assert exit_.value.code == 2 and "Traceback" not in captured.err and _one_line("".join(last)), captured.err
+    assert "No space left" in last[0]
+    after = snapshot(tmp_path)
+    assert after == before, set(after) ^ set(before)  # no temporary file, no empty folder, no 0-byte record
+    if command.startswith("eval"):
+        assert "cls-fid" in captured.out  # the numbers computed are still printed
+
+
+def test_sigterm_during_sample_leaves_no_temporary_files(trained_runs, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "many"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "ganforge", "sample", str(trained_runs["gan"]), "--n", "200000",
+                             "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "sample ended before writing"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.terminate()
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,9 @@ Every user-fixable problem surfaces as a `GanforgeError` and is printed as one l
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from ganforge import __version__
@@ -31,15 +33,36 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that every atomic write removes its temporary files."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = make_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if args.command != "train" and threading.current_thread() is threading.main_thread():  # training stops gracefully on SIGTERM with a checkpoint of its own
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = args.func(args)
     except GanforgeError as exc:
         print(f"ganforge: error: {exc}", file=sys.stderr)
         code = 2
+    except OSError as exc:  # a full disk, a file vanished: what failed, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ganforge: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         print("ganforge: interrupted", file=sys.stderr)
         code = 130
+    except Terminated:
+        print("ganforge: terminated; nothing half-written was kept", file=sys.stderr)
+        code = 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code)

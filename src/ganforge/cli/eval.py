@@ -215,7 +215,11 @@ def run(args: argparse.Namespace) -> int:
                   data_dir=str(root) if root else None,
                   evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(format_table(record))
-    written = history.save(run_dir, record, json_path=json_path)
+    try:
+        written = history.save(run_dir, record, json_path=json_path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the evaluation record ({exc.strerror or exc}); the numbers above are "
+                          f"its only copy") from None
     print("wrote", " and ".join(map(str, written)))
     return 0
 

@@ -329,14 +329,15 @@ def audit_run(run_dir: str | Path, *, n: int = 10000, split: str = "test", space
 
 def write(result: Audit, out: Path) -> tuple[Path, Path]:
     """audit.json and audit.png into the folder `out`, each written to a temporary name first."""
-    import json
-
+    from ganforge import fsutil
     from ganforge.metrics.audit_plot import plot_audit
 
-    out.mkdir(parents=True, exist_ok=True)
     js, png = out / "audit.json", out / "audit.png"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.record, indent=2) + "\n")
-    tmp.replace(js)
-    plot_audit(result, png)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fsutil.write_json(js, result.record)
+        plot_audit(result, png)
+    except OSError as exc:
+        raise AuditError(f"--out {out}: cannot write the audit ({exc.strerror or exc}); its verdicts are "
+                         f"printed above") from None
     return js, png

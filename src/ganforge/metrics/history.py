@@ -67,7 +67,11 @@ def _write_new(folder: Path, stem: str, text: str) -> Path:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
             continue
-        fsutil.write_text(path, text)
+        try:
+            fsutil.write_text(path, text)
+        except BaseException:
+            path.unlink(missing_ok=True)  # the name reserved above: no empty record is left
+            raise
         return path
     raise ConfigError(f"{folder}: too many evaluation records named {stem}*")
 
@@ -88,6 +92,11 @@ def save(run_dir: Path, record: dict, *, json_path: Optional[Path] = None) -> li
             stem = f"previous-{_stamp(latest.stat().st_mtime)}"
         _write_new(folder, stem, latest.read_text())
     when = str(record["evaluated_at"]).replace("-", "").replace(":", "")  # 20261124T221503Z
-    kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
+    try:
+        kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
+    except OSError:
+        if not any(folder.iterdir()):
+            folder.rmdir()  # made by check_output for this record: no empty result is left
+        raise
     fsutil.write_text(latest, text)
     return [kept, latest]

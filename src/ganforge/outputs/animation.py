@@ -49,11 +49,16 @@ def save_image_atomic(image: Image.Image, path: Path, **kwargs) -> Path:
     return Path(path)
 
 
-def save_gif(frames: Sequence[Image.Image], path: Path, *, frame_ms: int = FRAME_MS, last_ms: int = LAST_MS) -> Path:
+def save_gif(frames: Sequence[Image.Image], path: Path, *, frame_ms: int = FRAME_MS, last_ms: int = LAST_MS,
+             atomic: bool = True) -> Path:
+    """An animated GIF; `atomic=False` when `path` is already a temporary name of an atomic write."""
     frames = [f.convert("RGB") for f in frames]
-    durations = [frame_ms] * (len(frames) - 1) + [last_ms]
-    return save_image_atomic(frames[0], path, format="GIF", save_all=True, append_images=frames[1:],
-                             duration=durations, loop=0)
+    options = dict(format="GIF", save_all=True, append_images=frames[1:],
+                   duration=[frame_ms] * (len(frames) - 1) + [last_ms], loop=0)
+    if not atomic:
+        frames[0].save(path, **options)
+        return Path(path)
+    return save_image_atomic(frames[0], path, **options)
 
 
 def thin(items: list, limit: int) -> list:

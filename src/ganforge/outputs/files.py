@@ -102,7 +102,7 @@ def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, wha
     parent = out.absolute().parent
     if not parent.is_dir():
         kind = "is not a folder" if parent.exists() else "does not exist; create it first"
-        raise UsageError(f"{what} {out}: {parent} {kind}")
+        raise UsageError(f"{what} {out}: cannot write there: {parent} {kind}")
     check_writable(parent, what, out)
     free = shutil.disk_usage(parent).free
     if need_bytes > free:

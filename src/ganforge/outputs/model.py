@@ -105,7 +105,7 @@ def check_belongs(run_dir: Path, path: Path, cfg) -> None:
             if (k.startswith("model.") and k not in SAFE_MODEL_KEYS) or k in ("data.name", "data.size")}
     if diff:
         what = ", ".join(f"{k}={new!r} (the run's: {old!r})" for k, (old, new) in list(diff.items())[:3])
-        raise CheckpointError(f"{path}: a checkpoint of another model ({what}); {run_dir} cannot use it: "
+        raise CheckpointError(f"{path}: a {cfg.model.arch} checkpoint of another model ({what}); {run_dir} cannot use it: "
                               f"move it out of the run or pass a checkpoint of this run")
 
 
