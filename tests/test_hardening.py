@@ -137,6 +137,13 @@ def test_writers_refuse_hostile_outputs(hostile_home, capsys, command, target):
         assert after.st_ino == node_before.st_ino
 
 
+def _source_root() -> str:
+    """The folder of the ganforge this test imported, for a subprocess to run the same code."""
+    import ganforge
+
+    return str(Path(ganforge.__file__).resolve().parents[1])
+
+
 def _cli(argv, capsys) -> tuple[int, str]:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
@@ -304,7 +311,7 @@ def test_sigterm_during_sample_leaves_no_temporary_files(trained_runs, tmp_path)
     import time
 
     out = tmp_path / "many"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=_source_root())
     proc = subprocess.Popen([sys.executable, "-m", "ganforge", "sample", str(trained_runs["gan"]), "--n", "200000",
                              "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -316,3 +323,84 @@ def test_sigterm_during_sample_leaves_no_temporary_files(trained_runs, tmp_path)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 143 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+# Numeric and choice arguments: one line naming the flag and what is allowed, before any work.
+BAD_VALUES = [
+    (["eval", "{run}", "--seed", str(2**64), "--json", "{tmp}/e.json"], "--seed"),
+    (["audit", "{run}", "--seed", "-1", "--out", "{tmp}/a"], "--seed"),
+    (["audit", "{run}", "--seed", str(2**64), "--out", "{tmp}/a"], "--seed"),
+    (["sample", "{run}", "--n", "2", "--out", "{tmp}/s", "--device", "bogus"], "--device bogus"),
+    (["sample", "{run}", "--n", "2", "--out", "{tmp}/s", "--seed", "-1"], "--seed"),
+    (["sample", "{run}", "--n", "0", "--out", "{tmp}/s"], "--n 0"),
+    (["sample", "{run}", "--n", "2", "--out", "{tmp}/s", "--truncation", "nan"], "--truncation nan"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BAD_VALUES)
+def test_bad_values_are_one_line_naming_the_flag(trained_runs, tmp_path, capsys, argv, flag):
+    argv = [a.format(run=trained_runs["gan"], tmp=tmp_path) for a in argv]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and _one_line(err) and flag in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_cuda_without_cuda_names_the_flag(trained_runs, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = _cli(["sample", trained_runs["gan"], "--n", "2", "--out", tmp_path / "s", "--device", "cuda"], capsys)
+    assert code == 2 and _one_line(err) and "--device cuda" in err and "train.device" not in err, err
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe not utf-8", b'{"metrics": [1]}'])
+def test_a_hand_edited_eval_json_is_one_line(trained_runs, tmp_path, capsys, content):
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    (run / "eval.json").write_bytes(content)
+    for argv in (["report", run], ["compare", run, "--out", tmp_path / "cmp"]):
+        code, err = _cli(argv, capsys)
+        assert code == 2 and _one_line(err) and "eval.json" in err, err
+    assert not (run / "report.html").exists() and not (tmp_path / "cmp").exists()
+
+
+def test_falling_back_to_an_older_checkpoint_is_one_warning_line(trained_runs, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    newest = sorted((run / "checkpoints").glob("step_*"))[-1]
+    shutil.copytree(newest, newest.with_name("step_000000001"))
+    (newest / "weights.safetensors").write_bytes(b"truncated")
+    env = dict(os.environ, PYTHONPATH=_source_root())
+    done = subprocess.run([sys.executable, "-m", "ganforge", "sample", str(run), "--n", "2", "--out",
+                           str(tmp_path / "s")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ganforge: warning: skipping bad checkpoint"), done.stderr
+
+
+def test_compare_escapes_a_bar_in_a_run_name(trained_runs, tmp_path, capsys):
+    run = tmp_path / "a|b"
+    shutil.copytree(trained_runs["gan"], run)
+    code, _ = _cli(["compare", run, "--out", tmp_path / "cmp"], capsys)
+    row = next(line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if "a" in line and "b" in line
+               and line.startswith("| a"))
+    assert code == 0 and row.startswith("| a\\|b |") and row.count(" | ") == (tmp_path / "cmp" / "compare.md").read_text(
+        ).splitlines()[0].count(" | ")
+
+
+def test_unconditional_export_lists_no_classes(trained_runs, tmp_path, capsys):
+    import json
+
+    import torch
+
+    out = tmp_path / "g.pt"
+    code, err = _cli(["export", trained_runs["gan"], "--format", "torchscript", "--out", out], capsys)
+    assert code == 0, err
+    files = {"ganforge.json": ""}
+    torch.jit.load(str(out), _extra_files=files)
+    meta = json.loads(files["ganforge.json"])
+    assert meta["num_classes"] == "0" and json.loads(meta["class_names"]) == []

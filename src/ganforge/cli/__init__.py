@@ -41,7 +41,14 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"ganforge: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    import warnings
+
+    warnings.showwarning = _one_line_warning  # not Python's two lines with the source of the call
     parser = make_parser()
     args = parser.parse_args(argv)
     previous = None

@@ -55,12 +55,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _check_args(args: argparse.Namespace) -> Optional[list[str]]:
     """Refuse impossible arguments with one line; return the metric keys asked for (None: the default)."""
     from ganforge.metrics import METRICS
+    from ganforge.outputs.model import check_seed
 
     if not 2 <= args.n <= MAX_N:
         raise ConfigError(f"--n {args.n}: generated images must be between 2 and {MAX_N}")
     if args.n_real is not None and not 2 <= args.n_real <= 10 * MAX_N:
         raise ConfigError(f"--n-real {args.n_real}: real images must be between 2 and {10 * MAX_N}")
     args.batch_size = _batch_size(args.batch_size)
+    check_seed(args.seed)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
         raise ConfigError(f"--device {args.device!r}: choose auto, cpu, cuda, cuda:N or mps")
     if args.metrics is None:

@@ -52,7 +52,7 @@ def markdown(header: list[str], rows: list[list], notes: list[str]) -> str:
     flagged = {n.split(":", 1)[0] for n in notes}
     head = [h + (" (!)" if h in flagged else "") for h in header]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     lines += [f"\n(!) {n}" for n in notes]
     return "\n".join(lines)
 

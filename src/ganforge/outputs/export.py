@@ -44,7 +44,7 @@ class _Unconditional(_Conditional):
 
 def metadata(model: Model) -> dict[str, str]:
     return {"ganforge_version": __version__, "arch": model.cfg.model.arch, "z_dim": str(model.z_dim),
-            "num_classes": str(model.num_classes), "class_names": json.dumps(model.class_names),
+            "num_classes": str(model.num_classes), "class_names": json.dumps(model.class_names if model.conditional else []),
             "image_shape": json.dumps([model.channels, model.size, model.size]), "value_range": "[-1, 1]",
             "source": f"{model.checkpoint}"}
 
