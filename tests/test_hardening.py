@@ -404,3 +404,18 @@ def test_unconditional_export_lists_no_classes(trained_runs, tmp_path, capsys):
     torch.jit.load(str(out), _extra_files=files)
     meta = json.loads(files["ganforge.json"])
     assert meta["num_classes"] == "0" and json.loads(meta["class_names"]) == []
+
+
+def test_a_metric_on_too_few_images_is_flagged_in_the_record_and_the_table(trained_runs, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "e.json"
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in ["eval", trained_runs["cgan"], "--n", "10", "--n-real", "16", "--metrics",
+                               "cls-is,cls-fid", "--device", "cpu", "--json", out]])
+    assert exit_.value.code == 0
+    record = json.loads(out.read_text())
+    for name in ("cls-is", "cls-fid"):
+        assert "too few images" in record["metrics"][name]["warning"]
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("cls-is")]
+    assert printed and "too few images" in printed[0]
