@@ -419,3 +419,26 @@ def test_a_metric_on_too_few_images_is_flagged_in_the_record_and_the_table(train
         assert "too few images" in record["metrics"][name]["warning"]
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("cls-is")]
     assert printed and "too few images" in printed[0]
+
+
+# Every numeric argument x (0, negative, huge, non-integer, NaN); a value the option accepts is left out.
+NUMERIC = {
+    "sample": (["sample", "{run}", "--out", "{tmp}/s", "--n", "2"], ["--n", "--seed", "--truncation", "--class"]),
+    "interpolate": (["interpolate", "{run}", "--out", "{tmp}/w.png"], ["--steps", "--rows", "--seed", "--truncation"]),
+    "eval": (["eval", "{run}", "--json", "{tmp}/e.json", "--metrics", "cls-fid", "--device", "cpu"],
+             ["--n", "--n-real", "--seed", "--batch-size"]),
+    "audit": (["audit", "{run}", "--out", "{tmp}/a", "--device", "cpu"], ["--n", "--seed"]),
+}
+VALUES = ["0", "-1", str(10**30), "2.5", "nan"]
+ACCEPTED = {("--seed", "0"), ("--truncation", "2.5")}
+NUMERIC_ROWS = [(cmd, flag, value) for cmd, (_, flags) in NUMERIC.items() for flag in flags for value in VALUES
+                if (flag, value) not in ACCEPTED]
+
+
+@pytest.mark.parametrize("command, flag, value", NUMERIC_ROWS)
+def test_numeric_arguments_are_refused_in_one_line(trained_runs, tmp_path, capsys, command, flag, value):
+    base, _ = NUMERIC[command]
+    argv = [a.format(run=trained_runs["gan"], tmp=tmp_path) for a in base] + [flag, value]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and _one_line(err), err
+    assert list(tmp_path.iterdir()) == []

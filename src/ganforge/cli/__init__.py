@@ -19,8 +19,16 @@ from ganforge.cli import compare, export, interpolate, report, sample, serve
 from ganforge.errors import GanforgeError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, its refusals (a non-integer count, an unknown option) in the one line every other
+    refusal takes, rather than the usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"ganforge: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ganforge", description="Train and evaluate GANs, and use what you trained.")
+    parser = Parser(prog="ganforge", description="Train and evaluate GANs, and use what you trained.")
     parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_command.add_parser(sub)
