@@ -66,6 +66,18 @@ def _user_file(tmp: Path) -> str:
     return str(tmp / "mine.png")
 
 
+_HELD: list = []  # locks a target holds for the test's length; the fixture releases them
+
+
+def _locked_folder(tmp: Path) -> str:
+    """A folder a training holds the lock of (nothing else in it yet: the first moment of a run)."""
+    from ganforge.fsutil import FolderLock
+
+    (tmp / "busy").mkdir()
+    _HELD.append(FolderLock(tmp / "busy"))
+    return str(tmp / "busy")
+
+
 # name -> (path to write at, given the test folder, pass --overwrite?)
 TARGETS = {
     "run folder": (lambda tmp: str(tmp / "runs" / "other"), True),
@@ -74,6 +86,7 @@ TARGETS = {
     "inside checkpoints/": (lambda tmp: str(tmp / "runs" / "other" / "checkpoints" / "new.png"), True),
     "a checkpoint": (lambda tmp: str(next((tmp / "runs" / "other" / "checkpoints").glob("step_*"))), True),
     "current folder": (lambda tmp: ".", True),
+    "folder a training holds": (_locked_folder, True),
     "device node": (_device_node, True),
     "fifo": (_fifo, True),
     "existing file, no --overwrite": (_user_file, False),
@@ -107,7 +120,9 @@ def hostile_home(trained_runs, tmp_path, monkeypatch):
     (tmp_path / "cwd").mkdir()
     (tmp_path / "cwd" / "notes.txt").write_text("keep me")
     monkeypatch.chdir(tmp_path / "cwd")
-    return tmp_path
+    yield tmp_path
+    while _HELD:
+        _HELD.pop().release()
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
@@ -442,3 +457,21 @@ def test_numeric_arguments_are_refused_in_one_line(trained_runs, tmp_path, capsy
     code, err = _cli(argv, capsys)
     assert code == 2 and _one_line(err), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_export_of_a_resnet_generator_declares_its_output_shape(trained_runs, tmp_path):
+    import dataclasses
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from ganforge.models import build_models
+    from ganforge.outputs.export import export
+    from ganforge.outputs.model import load_model
+
+    model = load_model(trained_runs["gan"])
+    arch = dataclasses.replace(model.cfg.model, arch="resnet")
+    model.g = build_models(arch, channels=model.channels, size=model.size, num_classes=0)[0].eval()
+    model.cfg = dataclasses.replace(model.cfg, model=arch)
+    export(model, fmt="onnx", out=tmp_path / "g.onnx")
+    dims = onnx.load(str(tmp_path / "g.onnx")).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", model.channels, model.size, model.size]

@@ -64,6 +64,16 @@ def _export_onnx(module: nn.Module, model: Model, path: Path) -> None:
                           dynamic_axes={n: {0: "batch"} for n in names + ["images"]}, opset_version=17,
                           dynamo=False)
     proto = onnx.load(str(path))
+    # The tracer names output dimensions after whatever symbol fed them (a ResNet's reshape gives
+    # [batch, 1, batch, ...]); the output is always [batch, C, H, W], so say so.
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    for value in ("batch", model.channels, model.size, model.size):
+        dim = dims.add()
+        if isinstance(value, str):
+            dim.dim_param = value
+        else:
+            dim.dim_value = value
     for key, value in metadata(model).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
