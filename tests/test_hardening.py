@@ -475,3 +475,29 @@ def test_onnx_export_of_a_resnet_generator_declares_its_output_shape(trained_run
     export(model, fmt="onnx", out=tmp_path / "g.onnx")
     dims = onnx.load(str(tmp_path / "g.onnx")).graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", model.channels, model.size, model.size]
+
+
+def test_report_never_writes_into_the_run(trained_runs, tmp_path, capsys):
+    """A read-only run (an archive, another user's) gets its report too: the progress animation a
+    stopped run lacks is made in memory, not written into samples/."""
+    run = tmp_path / "cgan"
+    shutil.copytree(trained_runs["cgan"], run)
+    (run / "samples" / "progress.gif").unlink()
+    before = snapshot(run)
+    code, err = _cli(["report", run, "--out", tmp_path / "page.html"], capsys)
+    assert code == 0, err
+    assert snapshot(run) == before and "data:image/gif;base64," in (tmp_path / "page.html").read_text()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval --json", "audit", "export"])
+def test_a_state_file_missing_an_entry_is_one_line(trained_runs, tmp_path, capsys, command):
+    import torch
+
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        del state["data_shape"]
+        torch.save(state, ckpt / "state.pt")
+    code, err = _cli(COMMANDS[command](run, tmp_path / "out.pt", []), capsys)
+    assert code == 2 and _one_line(err) and "data_shape" in err, err
