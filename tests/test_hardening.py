@@ -501,3 +501,53 @@ def test_a_state_file_missing_an_entry_is_one_line(trained_runs, tmp_path, capsy
         torch.save(state, ckpt / "state.pt")
     code, err = _cli(COMMANDS[command](run, tmp_path / "out.pt", []), capsys)
     assert code == 2 and _one_line(err) and "data_shape" in err, err
+
+
+def test_serve_keeps_only_the_newest_downloads_and_never_rounds(trained_runs, tmp_path):
+    pytest.importorskip("gradio")
+    from ganforge.outputs.model import load_model
+    from ganforge.outputs.webapp import KEEP_DOWNLOADS, build_app, make_images
+
+    model = load_model(trained_runs["gan"])
+    for seed in range(KEEP_DOWNLOADS + 5):
+        make_images(model, seed=seed, count=1, label=None, truncation=0, out_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.png"))) == KEEP_DOWNLOADS
+    app, _, _ = build_app(model, out_dir=tmp_path / "d")
+    numbers = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None) in ("seed", "count", "class")}
+    assert set(numbers) == {"seed", "count", "class"} and all(b.precision is None for b in numbers.values())
+
+
+def test_serve_removes_its_files_at_exit_and_refuses_uploads(trained_runs, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("gradio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=_source_root(), TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "ganforge", "serve", str(trained_runs["gan"]), "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        body = b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.bin\"\r\n\r\n" + b"0" * (1 << 20) \
+            + b"\r\n--x--\r\n"
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/gradio_api/upload", data=body,
+                                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code in (400, 413)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("ganforge-serve-", "gradio"))]
