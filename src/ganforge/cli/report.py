@@ -22,8 +22,9 @@ def run(args: argparse.Namespace) -> int:
 
     info = read_run(args.run_dir)
     out = Path(args.out) if args.out else info.dir / "report.html"
-    check_output(out, overwrite=args.out is None)  # our own report.html is regenerated; another file is not
-    with atomic_output(out, overwrite=args.out is None) as tmp:
+    own = args.out is None  # our own report.html is regenerated; another file is not
+    check_output(out, overwrite=own, own_file=own)
+    with atomic_output(out, overwrite=own, own_file=own) as tmp:
         tmp.write_text(render(info))
     print(f"wrote {out}")
     return 0

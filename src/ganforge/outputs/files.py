@@ -51,9 +51,11 @@ def _inside_checkpoints(path: Path) -> Optional[Path]:
     return None
 
 
-def check_protected(out: Path, what: str = "--out") -> Path:
-    """Refuse, with one line and even with --overwrite, a path whose replacement would destroy a run,
-    the current folder or a file that is not a regular file or folder; returns the resolved path."""
+def check_protected(out: Path, what: str = "--out", *, own_file: bool = False) -> Path:
+    """Refuse, with one line and even with --overwrite, a path whose replacement would destroy a run
+    (a run folder, a folder holding one, a file a run holds), the current folder or a file that is not
+    a regular file or folder; returns the resolved path. `own_file`: the command's own file in a run
+    (report.html, audit.json), which it regenerates."""
     out = Path(out)
     try:
         real = out.resolve()
@@ -69,6 +71,11 @@ def check_protected(out: Path, what: str = "--out") -> Path:
     run = _inside_checkpoints(real)
     if run is not None:
         raise UsageError(f"{what} {out}: inside the checkpoints/ of run {run}; nothing may be written there")
+    if st is not None and stat.S_ISREG(st.st_mode) and not own_file:
+        run = next((p for p in real.parents if is_run_folder(p)), None)
+        if run is not None:
+            raise UsageError(f"{what} {out}: a file of run {run}; it is never replaced, even with --overwrite; "
+                             f"give a new file name")
     if st is not None and stat.S_ISDIR(st.st_mode):
         holder = fsutil.lock_holder(real)
         if holder:
@@ -93,10 +100,11 @@ def check_writable(folder: Path, what: str, out: Path) -> None:
     probe.unlink(missing_ok=True)
 
 
-def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, what: str = "--out") -> Path:
+def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, what: str = "--out",
+                 own_file: bool = False) -> Path:
     """Refuse, with one line, an output that is protected, exists, sits in no writable folder, or will not fit."""
     out = Path(out)
-    check_protected(out, what)
+    check_protected(out, what, own_file=own_file)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UsageError(f"{what} {out}: already exists; choose another path or pass --overwrite")
     parent = out.absolute().parent
@@ -125,16 +133,16 @@ def check_output_folder(folder: Path, names: tuple[str, ...], *, overwrite: bool
         check_output(folder, what=what)
         return folder
     for name in names:
-        check_output(folder / name, overwrite=overwrite or is_own, what=what)
+        check_output(folder / name, overwrite=overwrite or is_own, what=what, own_file=is_own)
     return folder
 
 
 @contextmanager
 def atomic_output(out: Path, *, folder: bool = False, overwrite: bool = False, need_bytes: int = 0,
-                  what: str = "--out") -> Iterator[Path]:
+                  what: str = "--out", own_file: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `out` (a fresh folder when `folder`); it becomes `out` on success
     (fsutil's atomic writes); a file-system error becomes one line, and nothing is left behind."""
-    out = check_output(Path(out), overwrite=overwrite, need_bytes=need_bytes, what=what)
+    out = check_output(Path(out), overwrite=overwrite, need_bytes=need_bytes, what=what, own_file=own_file)
     try:
         with (fsutil.atomic_dir(out) if folder else fsutil.atomic_file(out)) as tmp:
             yield tmp
