@@ -85,6 +85,7 @@ TARGETS = {
     "parent of the run": (lambda tmp: str(tmp / "work"), True),
     "inside checkpoints/": (lambda tmp: str(tmp / "runs" / "other" / "checkpoints" / "new.png"), True),
     "a run's config.yaml": (lambda tmp: str(tmp / "runs" / "other" / "config.yaml"), True),
+    "a run's samples/": (lambda tmp: str(tmp / "runs" / "other" / "samples"), True),
     "a checkpoint": (lambda tmp: str(next((tmp / "runs" / "other" / "checkpoints").glob("step_*"))), True),
     "current folder": (lambda tmp: ".", True),
     "folder a training holds": (_locked_folder, True),

@@ -110,7 +110,9 @@ def export(model: Model, *, fmt: str, out: Path, overwrite: bool = False) -> dic
     check_inputs = example_inputs(model, 5, seed=99)
     with torch.no_grad():
         expected = module(*check_inputs)
-    with atomic_output(Path(out), overwrite=overwrite) as tmp:
+    # The exporters abort the process (a C++ stack) when the disk fills mid-write: check the room first.
+    weights = sum(p.numel() * p.element_size() for p in model.g.parameters())
+    with atomic_output(Path(out), overwrite=overwrite, need_bytes=2 * weights + (1 << 20)) as tmp:
         try:
             (_export_onnx if fmt == "onnx" else _export_torchscript)(module, model, tmp)
         except (RuntimeError, ValueError, TypeError) as exc:

@@ -71,11 +71,11 @@ def check_protected(out: Path, what: str = "--out", *, own_file: bool = False) -
     run = _inside_checkpoints(real)
     if run is not None:
         raise UsageError(f"{what} {out}: inside the checkpoints/ of run {run}; nothing may be written there")
-    if st is not None and stat.S_ISREG(st.st_mode) and not own_file:
+    if st is not None and not own_file:
         run = next((p for p in real.parents if is_run_folder(p)), None)
         if run is not None:
-            raise UsageError(f"{what} {out}: a file of run {run}; it is never replaced, even with --overwrite; "
-                             f"give a new file name")
+            raise UsageError(f"{what} {out}: part of run {run} (its samples, records, files); it is never "
+                             f"replaced, even with --overwrite; give a new name")
     if st is not None and stat.S_ISDIR(st.st_mode):
         holder = fsutil.lock_holder(real)
         if holder:
