@@ -24,10 +24,11 @@ MAX_SCAN = 20_000  # entries looked at to tell whether a folder holds a run; a l
 
 
 def is_run_folder(folder: Path) -> bool:
-    """What `ganforge train` leaves in a run folder from its first moment: its lock, config, checkpoints."""
+    """What `ganforge train` leaves in a run folder: its config and checkpoints, and from its first
+    moment its lock, held (a `.lock` file alone is no sign: pytest, for one, leaves such files)."""
     folder = Path(folder)
     return ((folder / "config.yaml").is_file() or (folder / "checkpoints").is_dir()
-            or (folder / fsutil.FolderLock.NAME).is_file())
+            or fsutil.lock_holder(folder) is not None)
 
 
 def _holds_run(folder: Path) -> Optional[Path]:
