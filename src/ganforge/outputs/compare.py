@@ -41,6 +41,9 @@ def table(runs: Sequence[RunInfo]) -> tuple[list[str], list[list], list[str]]:
     notes = []
     for m in metrics:
         protocols = {r.name: r.protocol(m) for r in runs if m in r.eval_values()}
+        last = PROTOCOL_KEYS.index("reference_data_digest")  # the last key: dropping it keeps zip's pairs
+        if any(p[last] is None for p in protocols.values()):  # a record older than the digest: unknown, not different
+            protocols = {name: p[:last] for name, p in protocols.items()}
         if len(set(protocols.values())) > 1:
             parts = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in zip(PROTOCOL_KEYS, p))
                               for name, p in protocols.items())

@@ -31,7 +31,7 @@ def is_run_folder(folder: Path) -> bool:
             or fsutil.lock_holder(folder) is not None)
 
 
-def _holds_run(folder: Path) -> Optional[Path]:
+def _holds_run(folder: Path, what: str) -> Optional[Path]:
     """The first run folder at or below `folder`, without following links; raises past MAX_SCAN entries."""
     seen = 0
     for top, dirs, _ in os.walk(folder):
@@ -39,7 +39,7 @@ def _holds_run(folder: Path) -> Optional[Path]:
             return Path(top)
         seen += len(dirs) + 1
         if seen > MAX_SCAN:
-            raise UsageError(f"--out {folder}: a folder of more than {MAX_SCAN:,} entries; "
+            raise UsageError(f"{what} {folder}: a folder of more than {MAX_SCAN:,} entries; "
                              f"it may hold run folders, so it is not replaced: remove it yourself or choose another path")
     return None
 
@@ -81,7 +81,7 @@ def check_protected(out: Path, what: str = "--out", *, own_file: bool = False) -
         holder = fsutil.lock_holder(real)
         if holder:
             raise UsageError(f"{what} {out}: a training holds this folder ({holder}); give a new folder name")
-        run = _holds_run(real)
+        run = _holds_run(real, what)
         if run is not None:
             kind = "is a run folder" if run == real else f"holds the run folder {run}"
             raise UsageError(f"{what} {out}: {kind}; it is never replaced, even with --overwrite; "
