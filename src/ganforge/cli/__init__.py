@@ -49,14 +49,16 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"ganforge: warning: {message}", file=file or sys.stderr)
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"ganforge: warning: {message}\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     import warnings
 
-    warnings.showwarning = _one_line_warning  # not Python's two lines with the source of the call
+    # One line, not Python's two with the source of the call; only the text: whoever records
+    # warnings (a test, a caller's catch_warnings) still gets them.
+    warnings.formatwarning = _one_line_warning
     parser = make_parser()
     args = parser.parse_args(argv)
     previous = None
