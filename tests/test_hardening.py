@@ -553,3 +553,18 @@ def test_serve_removes_its_files_at_exit_and_refuses_uploads(trained_runs, tmp_p
         proc.terminate()
         proc.communicate(timeout=60)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("ganforge-serve-", "gradio"))]
+
+
+def test_resume_of_a_state_file_without_progress_is_one_line(trained_runs, tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "gan"
+    shutil.copytree(trained_runs["gan"], run)
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        del state["progress"]
+        torch.save(state, ckpt / "state.pt")
+    before = snapshot(run)
+    code, err = _cli(["train", "--resume", run], capsys)
+    assert code == 2 and _one_line(err) and "progress" in err, err
+    assert snapshot(run) == before

@@ -114,9 +114,13 @@ def _value(cfg, key: str):
 def _finished(run_dir: Path, cfg) -> Optional[str]:
     """Why a run has nothing left to do under `cfg` (its epochs or max_steps reached), or None."""
     from ganforge.checkpoint import load_latest
+    from ganforge.errors import CheckpointError
 
-    _, _, state = load_latest(run_dir)
-    progress, t = state["progress"], cfg.train
+    path, _, state = load_latest(run_dir)
+    progress, t = state.get("progress"), cfg.train
+    if not isinstance(progress, dict) or not {"epoch", "step"} <= progress.keys():
+        raise CheckpointError(f"{path / 'state.pt'}: no training progress (progress.epoch, progress.step) in it; "
+                              f"not a checkpoint this ganforge can resume")
     if progress["epoch"] >= t.epochs:
         return (f"{run_dir} is complete: {progress['epoch']} of {t.epochs} epochs done (step {progress['step']}); "
                 f"to train longer, give it more epochs: ganforge train --resume {run_dir} --epochs {2 * t.epochs}")
