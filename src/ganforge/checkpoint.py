@@ -11,6 +11,8 @@ is complete.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +25,7 @@ from ganforge.errors import CheckpointError
 
 PREFIX = "step_"
 WEIGHTS, STATE = "weights.safetensors", "state.pt"
+_NAME = re.compile(rf"{PREFIX}\d{{9}}")  # exactly what save_checkpoint names a step
 
 
 def _sha256(path: Path) -> str:
@@ -34,11 +37,35 @@ def _sha256(path: Path) -> str:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    """Checkpoint folders of a run, oldest first: `step_<9 digits>` folders (not links) holding both
+    files. A folder that merely carries such a name (a user's, another command's) is not one, and
+    temporary folders are ignored. load_checkpoint verifies the content."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    return sorted(p for p in folder.iterdir() if _NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+                  and (p / WEIGHTS).is_file() and (p / STATE).is_file())
+
+
+def _prune(run_dir: Path, final: Path, keep: int) -> None:
+    """Keep `final` and the newest keep-1 verified checkpoints before it; remove older ones, but only
+    folders holding nothing but a checkpoint's two files. A step above `final` is not this training's
+    and stays: the newest good checkpoint is never removed by its successor."""
+    older = [p for p in list_checkpoints(run_dir) if p.name < final.name]
+    kept = 1
+    for path in reversed(older):
+        if kept < keep and _verified(path):
+            kept += 1
+        elif kept >= keep and set(os.listdir(path)) == {WEIGHTS, STATE}:
+            fsutil.remove_dir(path)
+
+
+def _verified(path: Path) -> bool:
+    try:
+        _read_state(path)
+        return True
+    except CheckpointError:
+        return False
 
 
 def save_checkpoint(run_dir: Path, *, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
@@ -56,8 +83,7 @@ def save_checkpoint(run_dir: Path, *, step: int, tensors: dict[str, torch.Tensor
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(f"cannot write checkpoint {final} ({exc.strerror or exc}); {kept}") from None
     if name is None:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            fsutil.remove_dir(old)
+        _prune(run_dir, final, keep)
     return final
 
 
@@ -70,9 +96,8 @@ def newest_checkpoint_time(run_dir: Path) -> Optional[float]:
     return (found[-1] / STATE).stat().st_mtime if found and (found[-1] / STATE).is_file() else None
 
 
-def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """Read and verify one checkpoint folder; any problem raises CheckpointError naming the file."""
-    path = Path(path)
+def _read_state(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """The verified state of one checkpoint folder (its weights match their checksum)."""
     weights, state_file = path / WEIGHTS, path / STATE
     for f in (weights, state_file):
         if not f.is_file():
@@ -85,10 +110,17 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{state_file}: not a ganforge state file (no weights checksum)")
     if _sha256(weights) != state["weights_sha256"]:
         raise CheckpointError(f"{weights}: checksum mismatch (truncated or modified)")
+    return state
+
+
+def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read and verify one checkpoint folder; any problem raises CheckpointError naming the file."""
+    path = Path(path)
+    state = _read_state(path, map_location)
     try:
-        tensors = load_file(str(weights), device=str(map_location))
+        tensors = load_file(str(path / WEIGHTS), device=str(map_location))
     except Exception as exc:
-        raise CheckpointError(f"{weights}: cannot read safetensors ({exc.__class__.__name__})") from None
+        raise CheckpointError(f"{path / WEIGHTS}: cannot read safetensors ({exc.__class__.__name__})") from None
     return tensors, state
 
 

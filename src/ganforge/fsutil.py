@@ -138,6 +138,23 @@ def clean_stale(folder: Path) -> list[str]:
     return done
 
 
+def lock_holder(folder: Path) -> Optional[str]:
+    """Who holds `folder`'s FolderLock ("pid N on HOST"), or None when nobody does; takes nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(folder) / FolderLock.NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # closing also drops the shared lock taken to test
+    return None
+
+
 class FolderBusy(OSError):
     """Another process holds the folder's lock."""
 

@@ -7,7 +7,9 @@ Every user-fixable problem surfaces as a `GanforgeError` and is printed as one l
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from ganforge import __version__
@@ -17,8 +19,16 @@ from ganforge.cli import compare, export, interpolate, report, sample, serve
 from ganforge.errors import GanforgeError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, its refusals (a non-integer count, an unknown option) in the one line every other
+    refusal takes, rather than the usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"ganforge: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ganforge", description="Train and evaluate GANs, and use what you trained.")
+    parser = Parser(prog="ganforge", description="Train and evaluate GANs, and use what you trained.")
     parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_command.add_parser(sub)
@@ -31,15 +41,45 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that every atomic write removes its temporary files."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"ganforge: warning: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    import warnings
+
+    # One line, not Python's two with the source of the call; only the text: whoever records
+    # warnings (a test, a caller's catch_warnings) still gets them.
+    warnings.formatwarning = _one_line_warning
     parser = make_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if args.command != "train" and threading.current_thread() is threading.main_thread():  # training stops gracefully on SIGTERM with a checkpoint of its own
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = args.func(args)
     except GanforgeError as exc:
         print(f"ganforge: error: {exc}", file=sys.stderr)
         code = 2
+    except OSError as exc:  # a full disk, a file vanished: what failed, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ganforge: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         print("ganforge: interrupted", file=sys.stderr)
         code = 130
+    except Terminated:
+        print("ganforge: terminated; nothing half-written was kept", file=sys.stderr)
+        code = 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code)

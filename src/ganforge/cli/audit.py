@@ -29,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors and labels (default: 0)")
     p.add_argument("--data-dir", help="folder with the dataset's files (default: the run's data.root)")
+    p.add_argument("--overwrite", action="store_true", help="replace audit.json and audit.png in --out")
     p.set_defaults(func=run)
     return p
 
@@ -37,18 +38,25 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ganforge.metrics.auditing import audit_run
-    from ganforge.runtime import cpu_threads, pick_device
+    from ganforge.outputs.files import check_output_folder
+    from ganforge.outputs.model import check_seed
+    from ganforge.cli.sample import pick_device_for
+    from ganforge.runtime import cpu_threads
 
     if args.n < 2:
         raise ConfigError(f"--n {args.n}: must be at least 2")
+    check_seed(args.seed)
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"{args.run_dir}: no such run folder")
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    check_output_folder(out, ("audit.json", "audit.png"), overwrite=args.overwrite, own_run=Path(args.run_dir))
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and checkpoint.is_file():
         checkpoint = checkpoint.parent
-    device = pick_device(args.device)
+    device = pick_device_for(args.device)
     torch.set_num_threads(cpu_threads())
     spaces = [s.strip() for s in args.spaces.split(",") if s.strip()] if args.spaces else None
     print(f"ganforge audit: {args.run_dir}, n={args.n}, held-out split {args.split}, device={device}", flush=True)
-    out = Path(args.out) if args.out else Path(args.run_dir)
     result = audit_run(args.run_dir, n=args.n, split=args.split, spaces=spaces, checkpoint=checkpoint,
                        data_dir=args.data_dir, device=device, seed=args.seed, inception_path=args.inception,
                        out=out, log=lambda s: print(s, file=sys.stderr, flush=True))

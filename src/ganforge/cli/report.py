@@ -16,12 +16,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganforge.outputs.files import check_output
-    from ganforge.outputs.report import write_report
+    from ganforge.outputs.files import atomic_output, check_output
+    from ganforge.outputs.report import render
     from ganforge.outputs.runs import read_run
 
     info = read_run(args.run_dir)
     out = Path(args.out) if args.out else info.dir / "report.html"
-    check_output(out, overwrite=args.out is None)  # our own report.html is regenerated; another file is not
-    print(f"wrote {write_report(info, out)}")
+    own = args.out is None  # our own report.html is regenerated; another file is not
+    check_output(out, overwrite=own, own_file=own)
+    with atomic_output(out, overwrite=own, own_file=own) as tmp:
+        tmp.write_text(render(info))
+    print(f"wrote {out}")
     return 0

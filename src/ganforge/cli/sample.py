@@ -14,11 +14,21 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
 
 
-def load(args: argparse.Namespace):
-    from ganforge.outputs.model import load_model
+def pick_device_for(name: str):
+    """runtime.pick_device, its refusal naming this command's --device rather than train.device."""
+    from ganforge.errors import ConfigError
     from ganforge.runtime import pick_device
 
-    return load_model(args.run_dir, checkpoint=args.checkpoint, device=pick_device(args.device))
+    try:
+        return pick_device(name)
+    except ConfigError as exc:
+        raise ConfigError(f"--device {name}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def load(args: argparse.Namespace):
+    from ganforge.outputs.model import load_model
+
+    return load_model(args.run_dir, checkpoint=args.checkpoint, device=pick_device_for(args.device))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from ganforge.cli.sample import add_model_arguments, load
 from ganforge.errors import UsageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_UPLOAD = 1  # bytes: the page takes no file, so Gradio's upload route refuses every real one
 # Small images (28 px digits) shown large and sharp; the file itself keeps its size.
 CSS = "#result img { image-rendering: pixelated; width: min(100%, 480px); height: auto; }"
 
@@ -30,9 +34,19 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: expected 1 to 65535")
     if not 1 <= args.max_count <= 1024:
         raise UsageError(f"--max-count {args.max_count}: expected 1 to 1024")
-    # Before Gradio is imported: no usage reporting, no Hugging Face Hub calls.
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Before Gradio is imported: no usage reporting, no Hugging Face Hub calls, and Gradio's own copies
+    # of served files inside our temporary folder, removed with it at exit.
+    work = Path(tempfile.mkdtemp(prefix="ganforge-serve-"))
+    try:
+        os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")
+        return _serve(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, work: Path) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -40,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ganforge.outputs.webapp import build_app
 
     model = load(args)
-    app, theme, out_dir = build_app(model, max_count=args.max_count)
+    app, theme, out_dir = build_app(model, max_count=args.max_count, out_dir=work / "downloads")
     if args.host not in LOOPBACK:
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page",
               file=sys.stderr)
@@ -49,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         app.queue(default_concurrency_limit=1).launch(
             server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False,
-            quiet=True, ssr_mode=False, theme=theme, allowed_paths=[str(out_dir)], footer_links=[], css=CSS)
+            quiet=True, ssr_mode=False, theme=theme, allowed_paths=[str(out_dir)], footer_links=[], css=CSS,
+            max_file_size=MAX_UPLOAD)
     except OSError as exc:
         raise UsageError(f"--host {args.host} --port {args.port}: cannot listen ({exc})") from None
     return 0

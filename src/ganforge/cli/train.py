@@ -114,9 +114,13 @@ def _value(cfg, key: str):
 def _finished(run_dir: Path, cfg) -> Optional[str]:
     """Why a run has nothing left to do under `cfg` (its epochs or max_steps reached), or None."""
     from ganforge.checkpoint import load_latest
+    from ganforge.errors import CheckpointError
 
-    _, _, state = load_latest(run_dir)
-    progress, t = state["progress"], cfg.train
+    path, _, state = load_latest(run_dir)
+    progress, t = state.get("progress"), cfg.train
+    if not isinstance(progress, dict) or not {"epoch", "step"} <= progress.keys():
+        raise CheckpointError(f"{path / 'state.pt'}: no training progress (progress.epoch, progress.step) in it; "
+                              f"not a checkpoint this ganforge can resume")
     if progress["epoch"] >= t.epochs:
         return (f"{run_dir} is complete: {progress['epoch']} of {t.epochs} epochs done (step {progress['step']}); "
                 f"to train longer, give it more epochs: ganforge train --resume {run_dir} --epochs {2 * t.epochs}")
@@ -166,6 +170,20 @@ def _writable(folder: Path, flag: str) -> None:
         raise ConfigError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
 
 
+def _refuse_checkpointless_run(run_dir: Path) -> None:
+    """`--resume auto` found no loadable checkpoint in `run_dir`. Starting again there is right only when
+    the run died before its first checkpoint; when checkpoints/ holds something, it would mix a new run
+    into an old one's files (config.yaml, metrics.jsonl), so refuse and say what is there."""
+    from ganforge.fsutil import OLD, TMP
+
+    folder = run_dir / "checkpoints"
+    found = sorted(p.name for p in folder.iterdir() if not p.name.startswith((TMP, OLD))) if folder.is_dir() else []
+    if found:
+        raise ConfigError(f"--resume auto: {run_dir} holds a run but none of {folder}/ ({', '.join(found[:3])}"
+                          f"{', ...' if len(found) > 3 else ''}) is a checkpoint that loads; starting again there "
+                          f"would mix two runs. Resume it with --resume {run_dir} to see why, or move it away")
+
+
 def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optional[Path]):
     """Rank 0: the run folder (created for a new run) and its lock, held until the process ends."""
     from ganforge.artifacts import unique_run_dir
@@ -177,6 +195,7 @@ def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optiona
     elif args.resume == "auto":  # the first start of an elastic run: always the same folder
         print(f"--resume auto: no run named {name!r} with a checkpoint under {out}/; starting it", flush=True)
         run_dir = out / name
+        _refuse_checkpointless_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = unique_run_dir(out, name)
@@ -193,10 +212,14 @@ def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optiona
 def cmd_train(args: argparse.Namespace) -> int:
     from ganforge.config import format_config, load_yaml
     from ganforge.errors import GanforgeError
+    from ganforge.outputs.files import is_run_folder
     from ganforge.runtime import Dist
     from ganforge.training.loop import Trainer
 
     out = Path(args.out)
+    if is_run_folder(out):
+        raise ConfigError(f"--out {out}: is a run folder; a new run goes beside it, in the folder of runs "
+                          f"(e.g. --out {out.parent})")
     resume_dir = _resume_dir(args, out)
     _writable(resume_dir or out, "--resume" if resume_dir else "--out")
     cfg = build_config(args, base=load_yaml(resume_dir / "config.yaml") if resume_dir else None)

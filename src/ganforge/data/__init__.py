@@ -25,7 +25,7 @@ from ganforge.data import celeba as _celeba  # noqa: F401
 from ganforge.data.presence import Presence, dataset_presence
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
-           "load_dataset", "dataset_fingerprint", "check_data_dir", "reads", "dataset_table", "Presence",
+           "load_dataset", "dataset_fingerprint", "dataset_digest", "check_data_dir", "reads", "dataset_table", "Presence",
            "dataset_presence"]
 
 
@@ -49,6 +49,12 @@ def dataset_fingerprint(*, name: str, root: Union[str, Path, None] = None, split
     """The key of what `load_dataset` with these arguments returns (its `fingerprint`), from the files'
     paths, sizes and times alone: nothing is decoded."""
     return _plan(name=name, root=root, split=split, size=size, limit=limit).key
+
+
+def dataset_digest(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0) -> str:
+    """A digest of the content of the files `load_dataset` would read (not their place or time), so
+    two folders can be told to hold the same data or not without decoding either."""
+    return _plan(name=name, root=root, split=split, size=size, limit=0).content_digest()
 
 
 def _plan(*, name: str, root, split: str, size: int, limit: int):

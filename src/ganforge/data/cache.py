@@ -154,6 +154,9 @@ def _load(path: Path) -> ImageData:
                      mapped=True)
 
 
+DIGEST_SPAN = 4 << 20  # bytes read from each end of a source file for its content digest
+
+
 @dataclass
 class Planned:
     """A reader's answer before any decoding: what it would produce, and the key of that content."""
@@ -166,6 +169,23 @@ class Planned:
     # decode(alloc) fills the array alloc(shape) returns: a reader of many files decodes straight
     # into the cache entry's file, so no private copy of the whole set is ever held.
     into_file: bool = False
+    sources: tuple = ()                       # (name, size) entries or paths of the files read
+
+    def content_digest(self) -> str:
+        """A digest of what the files hold, not where they are: the same data in two folders agrees,
+        MNIST and Fashion-MNIST (same names and sizes) do not. Head and tail of each file, so a
+        data set of gigabytes costs milliseconds."""
+        h = hashlib.sha256(repr((self.name, self.split, self.size)).encode())
+        for src in self.sources:
+            if isinstance(src, tuple):  # a folder's (path, size, mtime): its name and size stand for it
+                h.update(repr((Path(src[0]).name, src[1])).encode())
+                continue
+            with open(src, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                h.update(repr((Path(src).name, size)).encode() + f.read(DIGEST_SPAN))
+                f.seek(max(size - DIGEST_SPAN, 0))
+                h.update(f.read(DIGEST_SPAN))
+        return h.hexdigest()[:16]
 
     def load(self, *, cache: bool = True, dist: Optional["Dist"] = None) -> ImageData:
         """The cached array for this key, or decode it, check it and (when the cache is writable) store it.
@@ -296,9 +316,11 @@ def plan(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str
          into_file: bool = False) -> Planned:
     """The planned load of these inputs. extra: fingerprint entries a reader computed itself (a folder
     lists and stats its files once). into_file: `decode(alloc)` decodes into the array `alloc` returns."""
+    sources = list(sources)
     key = cache_key(name=name, split=split, sources=fingerprint(sources) + list(extra), size=size,
                     crop=crop, limit=limit)
-    return Planned(name=name, split=split, size=size, key=key, decode=decode, into_file=into_file)
+    return Planned(name=name, split=split, size=size, key=key, decode=decode, into_file=into_file,
+                   sources=tuple(sorted(Path(p) for p in sources)) + tuple(sorted(extra)))
 
 
 def check(data: ImageData) -> ImageData:

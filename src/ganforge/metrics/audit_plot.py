@@ -9,6 +9,8 @@ last row compares the class histograms when the dataset has a shipped classifier
 
 from __future__ import annotations
 
+from ganforge import fsutil
+
 from pathlib import Path
 
 import torch
@@ -72,8 +74,8 @@ def plot_audit(result, path: Path) -> None:
         text = "\n".join(f"{s}: {v}" for s, v in rec["verdict"].items())
         axes[-1][1].text(0, 1, text, va="top", fontsize=7, wrap=True)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with fsutil.atomic_file(Path(path)) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)

@@ -297,14 +297,15 @@ def audit_run(run_dir: str | Path, *, n: int = 10000, split: str = "test", space
     """Audit a run folder written by `ganforge train`: its latest checkpoint (or `checkpoint`), its
     training data (with the run's data.limit), and `split` as the held-out real images. Writes
     audit.json and audit.png into `out` when given."""
-    from ganforge.checkpoint import load_generator
+    from ganforge.outputs.model import load_model
     from ganforge.data import DATASETS, load_dataset
     from ganforge.metrics.evaluation import make_generate
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AuditError(f"{run_dir}: no such run folder")
-    cfg, g = load_generator(run_dir, checkpoint=checkpoint, device=device)
+    model = load_model(run_dir, checkpoint=checkpoint, device=device)
+    cfg, g = model.cfg, model.g
     name, size, root = cfg.data.name, cfg.data.size, data_dir or cfg.data.root
     spec = DATASETS.get(name)
     if split not in spec.splits or split == "train":
@@ -328,14 +329,15 @@ def audit_run(run_dir: str | Path, *, n: int = 10000, split: str = "test", space
 
 def write(result: Audit, out: Path) -> tuple[Path, Path]:
     """audit.json and audit.png into the folder `out`, each written to a temporary name first."""
-    import json
-
+    from ganforge import fsutil
     from ganforge.metrics.audit_plot import plot_audit
 
-    out.mkdir(parents=True, exist_ok=True)
     js, png = out / "audit.json", out / "audit.png"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.record, indent=2) + "\n")
-    tmp.replace(js)
-    plot_audit(result, png)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fsutil.write_json(js, result.record)
+        plot_audit(result, png)
+    except OSError as exc:
+        raise AuditError(f"--out {out}: cannot write the audit ({exc.strerror or exc}); its verdicts are "
+                         f"printed above") from None
     return js, png

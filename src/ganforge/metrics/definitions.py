@@ -69,7 +69,7 @@ class MetricSpec:
     compute: Callable[..., dict[str, Any]]        # compute(fake: Side, real: Side | None, *, seed) -> {"value": ...}
     fake_needs: frozenset[str] = field(default_factory=frozenset)   # of "stats", "features", "logits", "labels"
     real_needs: frozenset[str] = field(default_factory=frozenset)   # of "stats", "features"
-    small_n_warning: bool = False                 # FID/KID: biased / noisy below 2048 samples
+    small_n_warning: bool = False                 # FID/KID/IS: biased / noisy below 2048 samples
     needs_logits: bool = False                    # the network must give class logits (Inception Score)
     needs_labels: bool = False                    # the generator must take labels (class accuracy)
     min_n: int = 2                                # fewest images on each side it is defined for
@@ -135,7 +135,8 @@ register("kid", network=INCEPTION, description="Kernel Inception Distance (Bińk
          fake_needs={"features"}, real_needs={"features"}, small_n_warning=True)(_kid)
 
 
-@register("is", network=INCEPTION, description="Inception Score (Salimans et al. 2016)", fake_needs={"logits"})
+@register("is", network=INCEPTION, description="Inception Score (Salimans et al. 2016)", fake_needs={"logits"},
+          small_n_warning=True)
 def _inception_score(fake: Side, real: Optional[Side], *, seed: int) -> dict:
     if fake.logits is None:
         raise Unavailable(IS_NEEDS_LOGITS)
@@ -157,11 +158,11 @@ def _pr(fake: Side, real: Side, *, seed: int) -> dict:
 
 
 register("cls-fid", network=CLASSIFIER, description="FID on the shipped classifier's penultimate features",
-         fake_needs={"stats"}, real_needs={"stats"})(_fid)
+         fake_needs={"stats"}, real_needs={"stats"}, small_n_warning=True)(_fid)
 
 
 @register("cls-is", network=CLASSIFIER, description="Inception Score with the shipped classifier",
-          fake_needs={"logits"})
+          fake_needs={"logits"}, small_n_warning=True)
 def _cls_is(fake: Side, real: Optional[Side], *, seed: int) -> dict:
     return _is(fake, seed=seed)
 

@@ -425,7 +425,8 @@ def _compute(specs, networks, unavailable, fake, real, *, n, seed, split, device
         except Unavailable as e:
             rec["unavailable"] = str(e)
         if s.small_n_warning and n < SMALL_N:
-            rec["warning"] = f"n={n} < {SMALL_N}: biased upward, not comparable with published numbers"
+            rec["warning"] = (f"n={n} < {SMALL_N}: too few images for a reliable value (FID biased upward, IS "
+                              f"split into tiny groups), not comparable with published numbers")
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         results[s.name] = rec
     return results

@@ -32,14 +32,20 @@ def check_writable(folder: Path, what: str) -> None:
         raise ConfigError(f"{what} {folder}: cannot write there ({e.strerror or type(e).__name__})") from None
 
 
-def check_output(run_dir: Path, json_path: Optional[Path]) -> None:
-    """Every place the record will be written: `--json FILE`, or the run's eval/ folder and eval.json."""
+def check_output(run_dir: Path, json_path: Optional[Path], *, overwrite: bool = False) -> None:
+    """Every place the record will be written: `--json FILE`, or the run's eval/ folder and eval.json.
+    A kept record (a file in some run's eval/) is never replaced, even with `overwrite`."""
+    from ganforge.outputs.files import check_output as check_file, is_run_folder
+
     if json_path is not None:
         if json_path.is_dir():
             raise ConfigError(f"--json {json_path}: is a folder; give a file name such as {json_path / 'eval.json'}")
-        if json_path.exists() and not json_path.is_file():  # /dev/null, a pipe: renaming over it would replace it
-            raise ConfigError(f"--json {json_path}: not a regular file; give a file name")
-        check_writable(json_path.parent, "--json")
+        real = json_path.resolve()
+        kept = real.parent.name == FOLDER and is_run_folder(real.parent.parent)
+        if kept or (real.name == LATEST and is_run_folder(real.parent)):
+            raise ConfigError(f"--json {json_path}: is where ganforge keeps the evaluation records of run "
+                              f"{real.parent.parent if kept else real.parent}, never overwritten; give a new file name")
+        check_file(json_path, overwrite=overwrite, what="--json")
         return
     if (run_dir / FOLDER).exists() and not (run_dir / FOLDER).is_dir():
         raise ConfigError(f"{run_dir / FOLDER}: is a file, not the folder of evaluation records; move it away")
@@ -61,7 +67,11 @@ def _write_new(folder: Path, stem: str, text: str) -> Path:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
             continue
-        fsutil.write_text(path, text)
+        try:
+            fsutil.write_text(path, text)
+        except BaseException:
+            path.unlink(missing_ok=True)  # the name reserved above: no empty record is left
+            raise
         return path
     raise ConfigError(f"{folder}: too many evaluation records named {stem}*")
 
@@ -82,6 +92,11 @@ def save(run_dir: Path, record: dict, *, json_path: Optional[Path] = None) -> li
             stem = f"previous-{_stamp(latest.stat().st_mtime)}"
         _write_new(folder, stem, latest.read_text())
     when = str(record["evaluated_at"]).replace("-", "").replace(":", "")  # 20261124T221503Z
-    kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
+    try:
+        kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
+    except OSError:
+        if not any(folder.iterdir()):
+            folder.rmdir()  # made by check_output for this record: no empty result is left
+        raise
     fsutil.write_text(latest, text)
     return [kept, latest]

@@ -3,6 +3,8 @@ grids (`samples/epoch_*.png`) into `samples/progress.gif`."""
 
 from __future__ import annotations
 
+import io
+
 import re
 from pathlib import Path
 from typing import Sequence
@@ -49,11 +51,16 @@ def save_image_atomic(image: Image.Image, path: Path, **kwargs) -> Path:
     return Path(path)
 
 
-def save_gif(frames: Sequence[Image.Image], path: Path, *, frame_ms: int = FRAME_MS, last_ms: int = LAST_MS) -> Path:
+def save_gif(frames: Sequence[Image.Image], path: Path, *, frame_ms: int = FRAME_MS, last_ms: int = LAST_MS,
+             atomic: bool = True) -> Path:
+    """An animated GIF; `atomic=False` when `path` is already a temporary name of an atomic write."""
     frames = [f.convert("RGB") for f in frames]
-    durations = [frame_ms] * (len(frames) - 1) + [last_ms]
-    return save_image_atomic(frames[0], path, format="GIF", save_all=True, append_images=frames[1:],
-                             duration=durations, loop=0)
+    options = dict(format="GIF", save_all=True, append_images=frames[1:],
+                   duration=[frame_ms] * (len(frames) - 1) + [last_ms], loop=0)
+    if not atomic:  # `path` may also be a file object
+        frames[0].save(path, **options)
+        return path
+    return save_image_atomic(frames[0], path, **options)
 
 
 def thin(items: list, limit: int) -> list:
@@ -64,17 +71,28 @@ def thin(items: list, limit: int) -> list:
     return [items[i] for i in idx]
 
 
-def progress_gif(run_dir: Path) -> Path | None:
-    """`samples/progress.gif` from the run's epoch grids, each frame captioned; None when there are none."""
-    samples = Path(run_dir) / "samples"
-    grids = sorted(samples.glob("epoch_*.png"))
-    if not grids:
-        return None
+def progress_frames(run_dir: Path) -> list[Image.Image]:
+    """The run's epoch grids as captioned frames of one size (at most MAX_FRAMES); empty without grids."""
+    grids = sorted((Path(run_dir) / "samples").glob("epoch_*.png"))
     frames = []
     for path in thin(grids, MAX_FRAMES):
         epoch = int(re.sub(r"\D", "", path.stem) or 0)
         with Image.open(path) as im:
             frames.append(with_caption(im.convert("RGB"), f"epoch {epoch}"))
+    if not frames:
+        return frames
     size = (max(f.width for f in frames), max(f.height for f in frames))
-    frames = [f if f.size == size else f.resize(size) for f in frames]
-    return save_gif(frames, samples / "progress.gif")
+    return [f if f.size == size else f.resize(size) for f in frames]
+
+
+def progress_gif(run_dir: Path) -> Path | None:
+    """`samples/progress.gif` from the run's epoch grids, each frame captioned; None when there are none."""
+    frames = progress_frames(run_dir)
+    return save_gif(frames, Path(run_dir) / "samples" / "progress.gif") if frames else None
+
+
+def gif_bytes(frames: Sequence[Image.Image]) -> bytes:
+    """The animation save_gif writes, in memory: for a page that must not write into the run it shows."""
+    buf = io.BytesIO()
+    save_gif(frames, buf, atomic=False)
+    return buf.getvalue()

@@ -41,6 +41,9 @@ def table(runs: Sequence[RunInfo]) -> tuple[list[str], list[list], list[str]]:
     notes = []
     for m in metrics:
         protocols = {r.name: r.protocol(m) for r in runs if m in r.eval_values()}
+        last = PROTOCOL_KEYS.index("reference_data_digest")  # the last key: dropping it keeps zip's pairs
+        if any(p[last] is None for p in protocols.values()):  # a record older than the digest: unknown, not different
+            protocols = {name: p[:last] for name, p in protocols.items()}
         if len(set(protocols.values())) > 1:
             parts = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in zip(PROTOCOL_KEYS, p))
                               for name, p in protocols.items())
@@ -52,7 +55,7 @@ def markdown(header: list[str], rows: list[list], notes: list[str]) -> str:
     flagged = {n.split(":", 1)[0] for n in notes}
     head = [h + (" (!)" if h in flagged else "") for h in header]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     lines += [f"\n(!) {n}" for n in notes]
     return "\n".join(lines)
 

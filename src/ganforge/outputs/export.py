@@ -44,7 +44,7 @@ class _Unconditional(_Conditional):
 
 def metadata(model: Model) -> dict[str, str]:
     return {"ganforge_version": __version__, "arch": model.cfg.model.arch, "z_dim": str(model.z_dim),
-            "num_classes": str(model.num_classes), "class_names": json.dumps(model.class_names),
+            "num_classes": str(model.num_classes), "class_names": json.dumps(model.class_names if model.conditional else []),
             "image_shape": json.dumps([model.channels, model.size, model.size]), "value_range": "[-1, 1]",
             "source": f"{model.checkpoint}"}
 
@@ -64,6 +64,16 @@ def _export_onnx(module: nn.Module, model: Model, path: Path) -> None:
                           dynamic_axes={n: {0: "batch"} for n in names + ["images"]}, opset_version=17,
                           dynamo=False)
     proto = onnx.load(str(path))
+    # The tracer names output dimensions after whatever symbol fed them (a ResNet's reshape gives
+    # [batch, 1, batch, ...]); the output is always [batch, C, H, W], so say so.
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    for value in ("batch", model.channels, model.size, model.size):
+        dim = dims.add()
+        if isinstance(value, str):
+            dim.dim_param = value
+        else:
+            dim.dim_value = value
     for key, value in metadata(model).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -100,7 +110,9 @@ def export(model: Model, *, fmt: str, out: Path, overwrite: bool = False) -> dic
     check_inputs = example_inputs(model, 5, seed=99)
     with torch.no_grad():
         expected = module(*check_inputs)
-    with atomic_output(Path(out), overwrite=overwrite) as tmp:
+    # The exporters abort the process (a C++ stack) when the disk fills mid-write: check the room first.
+    weights = sum(p.numel() * p.element_size() for p in model.g.parameters())
+    with atomic_output(Path(out), overwrite=overwrite, need_bytes=2 * weights + (1 << 20)) as tmp:
         try:
             (_export_onnx if fmt == "onnx" else _export_torchscript)(module, model, tmp)
         except (RuntimeError, ValueError, TypeError) as exc:

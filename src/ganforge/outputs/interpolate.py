@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 
 from ganforge.errors import UsageError
-from ganforge.outputs.animation import grid_image, save_gif, save_image_atomic
-from ganforge.outputs.files import check_output
+from ganforge.outputs.animation import grid_image, save_gif
+from ganforge.outputs.files import atomic_output, check_output
 from ganforge.outputs.model import Model, generate, latents, check_seed, check_truncation, to_uint8
 
 MAX_STEPS, MAX_ROWS = 64, 32
@@ -65,10 +65,13 @@ def interpolate(model: Model, *, out: Path, steps: int = 10, rows: Optional[int]
     n_rows = z.shape[0]
     flat_labels = None if labels is None else labels.repeat_interleave(steps)
     images = to_uint8(generate(model, z.reshape(-1, model.z_dim), flat_labels))  # [rows * steps, C, H, W]
-    if not gif:
-        return save_image_atomic(grid_image(images, nrow=steps), out)
-    by_step = images.view(n_rows, steps, *images.shape[1:])
-    cols = model.num_classes if model.conditional else min(n_rows, 8)
-    frames = [grid_image(by_step[:, t], nrow=cols) for t in range(steps)]
-    frames += frames[-2:0:-1]  # there and back again, so the loop has no jump
-    return save_gif(frames, out, frame_ms=120, last_ms=120)
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        if not gif:
+            grid_image(images, nrow=steps).save(tmp, format="PNG")
+            return out
+        by_step = images.view(n_rows, steps, *images.shape[1:])
+        cols = model.num_classes if model.conditional else min(n_rows, 8)
+        frames = [grid_image(by_step[:, t], nrow=cols) for t in range(steps)]
+        frames += frames[-2:0:-1]  # there and back again, so the loop has no jump
+        save_gif(frames, tmp, frame_ms=120, last_ms=120, atomic=False)
+    return out

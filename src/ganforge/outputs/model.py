@@ -88,7 +88,25 @@ def load_model(run_dir: Path | str, *, checkpoint: Optional[Path | str] = None,
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: written by ganforge {version}, whose checkpoint layout ganforge "
                               f"{__version__} cannot read ({exc.__class__.__name__}: {exc})") from None
+    check_belongs(run_dir, path, cfg)
     return model
+
+
+def check_belongs(run_dir: Path, path: Path, cfg) -> None:
+    """Refuse a checkpoint that another model wrote: whether found under the run's checkpoints/ or
+    given as --checkpoint, its architecture (what a resume may not change) and data must be the run's."""
+    from ganforge.config import load_yaml
+    from ganforge.resume import SAFE_MODEL_KEYS, changes
+
+    own_config = Path(run_dir) / "config.yaml"
+    if not own_config.is_file():
+        return
+    diff = {k: v for k, v in changes(load_yaml(own_config), cfg).items()
+            if (k.startswith("model.") and k not in SAFE_MODEL_KEYS) or k in ("data.name", "data.size")}
+    if diff:
+        what = ", ".join(f"{k}={new!r} (the run's: {old!r})" for k, (old, new) in list(diff.items())[:3])
+        raise CheckpointError(f"{path}: a {cfg.model.arch} checkpoint of another model ({what}); {run_dir} cannot use it: "
+                              f"move it out of the run or pass a checkpoint of this run")
 
 
 def check_count(n: int, *, limit: int = MAX_IMAGES, what: str = "--n") -> int:

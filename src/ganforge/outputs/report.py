@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ganforge import __version__, fsutil
-from ganforge.outputs.animation import progress_gif
+from ganforge.outputs.animation import gif_bytes, progress_frames
 from ganforge.outputs.runs import RunInfo
 
 STYLE = """
@@ -36,11 +36,15 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def _img(path: Optional[Path], caption: str, cls: str = "px") -> str:
-    if path is None or not path.is_file():
+def _img(image: Optional[Path | bytes], caption: str, cls: str = "px", mime: str = "") -> str:
+    """A figure of a file, or of image bytes made for the page (then `mime` says their type)."""
+    if isinstance(image, Path):
+        if not image.is_file():
+            return ""
+        image, mime = image.read_bytes(), "image/gif" if image.suffix == ".gif" else "image/png"
+    if not image:
         return ""
-    mime = "image/gif" if path.suffix == ".gif" else "image/png"
-    return (f'<figure><img class="{cls}" alt="{html.escape(caption)}" src="{data_uri(path.read_bytes(), mime)}">'
+    return (f'<figure><img class="{cls}" alt="{html.escape(caption)}" src="{data_uri(image, mime)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -111,8 +115,9 @@ def render(run: RunInfo) -> str:
                ["thousand images seen", done["kimg"]], ["training time (s)", done["time_s"]],
                ["D / G loss, last epoch", f"{_cell(d)} / {_cell(g)}"]]
     gif = run.image("samples/progress.gif")
-    if gif is None and run.final_grid() is not None:
-        gif = progress_gif(run.dir)
+    if gif is None and run.final_grid() is not None:  # made in memory: a report never writes into the run
+        frames = progress_frames(run.dir)
+        gif = gif_bytes(frames) if frames else None
     final = run.final_grid()
     metric_png = metric_plot(run)
     parts = [
@@ -121,7 +126,7 @@ def render(run: RunInfo) -> str:
         _table(None, summary),
         "<h2>Samples</h2>",
         '<div class="pair">' + _img(final, f"final fixed-noise grid ({final.stem})" if final else "")
-        + _img(gif, "progress: the same noise at every epoch") + "</div>",
+        + _img(gif, "progress: the same noise at every epoch", mime="image/gif") + "</div>",
     ]
     if run.image("samples/classes.png"):
         parts += ["<h2>Classes</h2>", '<div class="pair">'

@@ -14,7 +14,8 @@ import yaml
 from ganforge.errors import CheckpointError, UsageError
 
 # What makes two evaluations comparable: the same data and split, N, feature network and resize.
-PROTOCOL_KEYS = ("dataset", "reference_split", "n_generated", "n_real", "feature_network", "resize_method")
+PROTOCOL_KEYS = ("dataset", "reference_split", "n_generated", "n_real", "feature_network", "resize_method",
+                 "reference_data_digest")
 
 
 @dataclass
@@ -117,9 +118,13 @@ def read_run(run_dir: Path | str) -> RunInfo:
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
         try:
-            record = json.loads(eval_path.read_text())
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{eval_path}: not valid JSON") from None
+            record = json.loads(eval_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{eval_path}: not valid UTF-8 JSON; move it away or run ganforge eval again") from None
+        if not isinstance(record, dict) or not isinstance(record.get("metrics", {}), dict) or not all(
+                isinstance(m, dict) for m in record.get("metrics", {}).values()):
+            raise CheckpointError(f"{eval_path}: not an evaluation record (expected an object whose \"metrics\" "
+                                  f"maps names to objects); move it away or run ganforge eval again")
     return RunInfo(dir=run_dir, config=config if isinstance(config, dict) else {}, config_text=text,
                    history=history, eval=record, progress=_latest_progress(run_dir))
 

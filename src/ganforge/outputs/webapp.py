@@ -32,6 +32,16 @@ def _int(value, what: str) -> Optional[int]:
     return int(value)
 
 
+KEEP_DOWNLOADS = 16  # the newest grids stay downloadable; older ones are removed as new ones come
+
+
+def prune_downloads(out_dir: Path, keep: int = KEEP_DOWNLOADS) -> None:
+    """Remove all but the newest `keep` grids: a page left open for a day must not fill the disk."""
+    grids = sorted(Path(out_dir).glob("ganforge-*.png"), key=lambda p: p.stat().st_mtime_ns)
+    for old in grids[:-keep]:
+        old.unlink(missing_ok=True)
+
+
 def make_images(model: Model, *, seed, count, label, truncation, max_count: int = MAX_COUNT, out_dir: Path):
     """(grid PIL image, PNG path for download, caption) for the page's inputs; UsageError for a bad value."""
     seed = check_seed(_int(seed, "seed") if seed not in (None, "") else 0, "seed")
@@ -43,17 +53,19 @@ def make_images(model: Model, *, seed, count, label, truncation, max_count: int 
     grid = grid_image(images, nrow=math.ceil(math.sqrt(count)))
     path = out_dir / f"ganforge-{model.run_dir.name}-seed{seed}-n{count}{'' if k is None else f'-class{k}'}.png"
     grid.save(path)
+    prune_downloads(out_dir)
     what = f"class {model.class_name(k)}" if k is not None else ("classes in turn" if model.conditional else "")
     caption = f"{count} image{'s' if count > 1 else ''}, seed {seed}" + (f", {what}" if what else "") + (
         f", truncation {t}" if t else "")
     return grid, str(path), caption
 
 
-def build_app(model: Model, *, max_count: int = MAX_COUNT):
-    """(Gradio Blocks, theme, folder the downloads are written to)."""
+def build_app(model: Model, *, max_count: int = MAX_COUNT, out_dir: Optional[Path] = None):
+    """(Gradio Blocks, theme, folder the downloads are written to: `out_dir`, else a new temporary one)."""
     import gradio as gr
 
-    out_dir = Path(tempfile.mkdtemp(prefix="ganforge-serve-"))
+    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ganforge-serve-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     cfg = model.cfg
     classes = describe_classes(model) if model.conditional else "unconditional"
@@ -75,10 +87,11 @@ def build_app(model: Model, *, max_count: int = MAX_COUNT):
                     f"({'EMA generator' if model.ema else 'generator'} of `{model.checkpoint.name}`)")
         with gr.Row():
             with gr.Column(scale=1):
-                seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed")
-                count = gr.Number(label=f"count (1 to {max_count})", value=16, precision=0, elem_id="count")
+                # precision=None: Gradio would round 2.5 to 2 silently; the checks refuse a non-integer instead
+                seed = gr.Number(label="seed", value=0, precision=None, elem_id="seed")
+                count = gr.Number(label=f"count (1 to {max_count})", value=16, precision=None, elem_id="count")
                 label = gr.Number(label=f"class (0 to {model.num_classes - 1}; empty: every class in turn)",
-                                  value=None, precision=0, elem_id="class", visible=model.conditional)
+                                  value=None, precision=None, elem_id="class", visible=model.conditional)
                 truncation = gr.Number(label="truncation (0: off; 0.05 to 10, smaller is cleaner and less varied)",
                                        value=0, elem_id="truncation")
                 with gr.Row():
