@@ -20,8 +20,6 @@ never fires these hooks: only the real `loss.backward()` does, and only between 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -54,7 +52,7 @@ class GradSync:
     def _reset(self) -> None:
         self._pending = [len(b) for b in self.buckets]
         self._next = 0  # the next bucket to start: strictly in index order
-        self._work: list[tuple[Optional[dist.Work], torch.Tensor, int]] = []
+        self._work: list[tuple[dist.Work, torch.Tensor, int]] = []
         self._fired = 0
 
     def arm(self) -> "GradSync":
@@ -79,7 +77,10 @@ class GradSync:
         # A parameter that got no gradient this backward (unused on every rank alike) sends zeros.
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.buckets[i]]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        self._work.append((dist.all_reduce(flat, async_op=True), flat, i))
+        work = dist.all_reduce(flat, async_op=True)
+        # None only for a rank outside the group; every rank is in the default group.
+        assert work is not None
+        self._work.append((work, flat, i))
         self.launch_log.append((i, self._fired))
 
     def finish(self) -> None:

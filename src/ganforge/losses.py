@@ -71,10 +71,16 @@ LOSSES.register("wgan-gp")(GANLoss(
     lambda fake, real=None: -fake.mean(),
     gradient_penalty=True,
 ))
+def _rpgan_g_loss(fake: torch.Tensor, real: Optional[torch.Tensor]) -> torch.Tensor:
+    # relativistic=True: the trainer computes the real logits for this loss and always passes them.
+    assert real is not None, "rpgan's generator loss needs the real logits"
+    return F.softplus(real - fake).mean()
+
+
 # Pairs are formed in batch order: the i-th generated image against the i-th real one.
 LOSSES.register("rpgan")(GANLoss(
     lambda real, fake, cfg: F.softplus(fake - real).mean(),
-    lambda fake, real: F.softplus(real - fake).mean(),
+    _rpgan_g_loss,
     relativistic=True,
 ))
 

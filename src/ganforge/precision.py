@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -63,7 +63,7 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
 
 def cpu_native_bf16() -> bool:
     """AVX-512 BF16 or AMX tiles: bf16 matmuls and convolutions run natively in oneDNN."""
-    cpu = getattr(torch, "cpu", None)
+    cpu: Any = getattr(torch, "cpu", None)  # private probes, absent in some PyTorch versions (caught below)
     try:
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
@@ -108,7 +108,15 @@ def unscale(grad: torch.Tensor, scaler: Optional["torch.amp.GradScaler"]) -> tor
     if scaler is None or not scaler.is_enabled():
         return grad
     # The scale as a device tensor: `get_scale()` would wait for the device at every penalty.
-    return grad.float() / scaler._get_scale_async().float()
+    return grad.float() / scale_tensor(scaler).float()
+
+
+def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """An enabled scaler's current loss scale, as a device tensor (no wait for the device)."""
+    s = scaler._get_scale_async()
+    # The scaler creates its scale at its first `scale()`: every caller reads it after scaling a loss.
+    assert s is not None, "the loss scale is read before any loss was scaled"
+    return s
 
 
 def scale(value: torch.Tensor, scaler: Optional["torch.amp.GradScaler"]) -> torch.Tensor:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -255,7 +255,9 @@ def rng_state(device: Optional[torch.device] = None) -> dict:
     Of the CUDA generators only this process's device is kept: a rank draws on its own GPU alone,
     and the run may resume where a different number of GPUs is visible.
     """
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # The global RandomState is an MT19937, whose legacy state is this 5-tuple; the stubs also allow the
+    # dict of other bit generators.
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     py_version, py_state, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

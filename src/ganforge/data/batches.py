@@ -125,10 +125,13 @@ class DeviceBatches:
             return torch.index_select(self.images, 0, order[i * b : (i + 1) * b], out=out)
 
         with ThreadPoolExecutor(1, thread_name_prefix="ganforge-batches") as pool:
-            ahead = pool.submit(gather, start) if start < self.steps_per_epoch else None
+            if start >= self.steps_per_epoch:
+                return
+            ahead = pool.submit(gather, start)
             for i in range(start, self.steps_per_epoch):
                 host = ahead.result()
-                ahead = pool.submit(gather, i + 1) if i + 1 < self.steps_per_epoch else None
+                if i + 1 < self.steps_per_epoch:
+                    ahead = pool.submit(gather, i + 1)
                 x = host.to(self.device, non_blocking=True)
                 idx = perm[i * b : (i + 1) * b]
                 yield self.scale(x), (self.labels[idx] if self.labels is not None else None)

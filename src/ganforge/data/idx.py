@@ -76,8 +76,14 @@ def _find(directory: Path, stem: str) -> Optional[Path]:
     return None
 
 
+def _split_files(directory: Path, split: str) -> Optional[tuple[Path, ...]]:
+    """The split's files in `directory` (images, labels), or None when one is missing."""
+    found = [_find(directory, stem) for stem in _FILES[split]]
+    return tuple(p for p in found if p is not None) if all(found) else None
+
+
 def _has_split(directory: Path, split: str) -> bool:
-    return all(_find(directory, stem) for stem in _FILES[split])
+    return _split_files(directory, split) is not None
 
 
 def _candidates(name: str, root: Optional[Path]) -> list[Path]:
@@ -121,9 +127,10 @@ def _plan(name: str, *, root: Optional[Path], split: str, size: int, limit: int 
             raise DataError(f"{root}: no {name} IDX files ({stems}) there nor in "
                             f"{', '.join(str(c) for c in loc.searched[1:])}")
         directory = _download(name)
-    if not _has_split(directory, split):
+    files = _split_files(directory, split)
+    if files is None:
         raise DataError(f"{directory}: missing {name} {split} files {' and '.join(_FILES[split])}[.gz]")
-    img_path, lab_path = (_find(directory, stem) for stem in _FILES[split])
+    img_path, lab_path = files
     classes = _VARIANTS[name][2]
 
     def decode() -> ImageData:

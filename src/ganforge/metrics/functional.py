@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 import scipy.linalg
@@ -26,6 +26,12 @@ import torch
 
 # A relative imaginary part of sqrtm(sigma1 @ sigma2) below this is round-off and is dropped.
 IMAG_TOLERANCE = 1e-3
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    # Without disp=False scipy returns the root alone; its inferred type also has disp=False's
+    # (root, error) pair, which pyright cannot rule out.
+    return cast(np.ndarray, scipy.linalg.sqrtm(a))
 
 
 class FeatureStats:
@@ -37,33 +43,40 @@ class FeatureStats:
     def __init__(self, dim: int):
         self.dim = dim
         self.n = 0
-        self._sum: Optional[torch.Tensor] = None
-        self._outer: Optional[torch.Tensor] = None
-        self._shift: Optional[torch.Tensor] = None  # first batch mean: keeps the sums well conditioned
+        # (shift, sum, outer), set by the first batch; the shift is that batch's mean, which keeps
+        # the sums well conditioned.
+        self._sums: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
     def update(self, features: torch.Tensor) -> None:
         f = features.detach().reshape(len(features), -1)
         if f.shape[1] != self.dim:
             raise ValueError(f"expected {self.dim}-d features, got {f.shape[1]}")
-        if self._shift is None:
+        if self._sums is None:
             on = features.device if features.device.type in ("cpu", "cuda") else torch.device("cpu")
             f = f.to(on, torch.float64)
-            self._shift = f.mean(0)
-            self._sum = torch.zeros(self.dim, dtype=torch.float64, device=on)
-            self._outer = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=on)
-        f = f.to(self._shift.device, torch.float64) - self._shift
+            self._sums = (f.mean(0), torch.zeros(self.dim, dtype=torch.float64, device=on),
+                          torch.zeros(self.dim, self.dim, dtype=torch.float64, device=on))
+        shift, total, outer = self._sums
+        f = f.to(shift.device, torch.float64) - shift
         self.n += len(f)
-        self._sum += f.sum(0)
-        self._outer += f.T @ f
+        total += f.sum(0)
+        outer += f.T @ f
+
+    def _state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._sums is None:
+            raise ValueError("no features accumulated yet")
+        return self._sums
 
     def mean(self) -> np.ndarray:
-        return (self._sum / self.n + self._shift).cpu().numpy()
+        shift, total, _ = self._state()
+        return (total / self.n + shift).cpu().numpy()
 
     def cov(self) -> np.ndarray:
         if self.n < 2:
             raise ValueError("covariance needs at least 2 samples")
-        m = self._sum / self.n
-        return ((self._outer - self.n * torch.outer(m, m)) / (self.n - 1)).cpu().numpy()
+        _, total, outer = self._state()
+        m = total / self.n
+        return ((outer - self.n * torch.outer(m, m)) / (self.n - 1)).cpu().numpy()
 
 
 def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,19 +101,19 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    covmean = _sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma1)) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
-        imag = np.abs(covmean.imag).max()
-        scale = max(1.0, float(np.abs(covmean.real).max()))
+        imag = np.abs(np.imag(covmean)).max()
+        scale = max(1.0, float(np.abs(np.real(covmean)).max()))
         if imag > IMAG_TOLERANCE * scale:
             warnings.warn(
                 f"FID: sqrtm(sigma1 @ sigma2) has an imaginary part of {imag:.3g} (real part up to "
                 f"{scale:.3g}); using the real part. The covariances are probably estimated from too "
                 f"few samples.", RuntimeWarning, stacklevel=2)
-        covmean = covmean.real
+        covmean = np.real(covmean)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 

@@ -106,7 +106,8 @@ def from_torchscript(script: torch.jit.ScriptModule) -> PtInception:
             scale = (b.var + c.bn.eps).rsqrt()  # TF's batch norm here has no gamma
             c.conv.weight.copy_(b.weight * scale[:, None, None, None])
             c.conv.bias = nn.Parameter(b.beta - b.mean * scale)
-            c.bn = nn.Identity()
+            # torchvision declares bn a BatchNorm2d; once folded into the bias it becomes the identity.
+            c.bn = nn.Identity()  # pyright: ignore[reportAttributeAccessIssue]
     return model.eval().requires_grad_(False)
 
 

@@ -15,8 +15,9 @@ therefore read defensively and restored through the same interface it was read f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, TypedDict, TypeVar, cast
 
 import torch
 
@@ -35,18 +36,29 @@ def float64_on_device(x: torch.Tensor) -> torch.Tensor:
     return x.to(maths_device(x.device), torch.float64)
 
 
-def _read(get) -> Optional[object]:
+_T = TypeVar("_T")
+
+
+def _read(get: Callable[[], _T]) -> Optional[_T]:
     try:
         return get()
     except RuntimeError:   # the legacy and the new API were mixed: this reading is undefined
         return None
 
 
-def flags() -> dict[str, object]:
+class Flags(TypedDict):
+    """`flags()`: each None where it could not be read."""
+    cuda_matmul_allow_tf32: Optional[bool]
+    cudnn_allow_tf32: Optional[bool]
+    float32_matmul_precision: Optional[str]
+
+
+def flags() -> Flags:
     """The settings that decide float32 matmul/convolution precision, as this process has them now."""
-    return {"cuda_matmul_allow_tf32": _read(lambda: torch.backends.cuda.matmul.allow_tf32),
-            "cudnn_allow_tf32": _read(lambda: torch.backends.cudnn.allow_tf32),
-            "float32_matmul_precision": _read(torch.get_float32_matmul_precision)}
+    # cuda.matmul answers by name (__getattr__), so pyright cannot tell that allow_tf32 is a bool.
+    return Flags(cuda_matmul_allow_tf32=_read(lambda: cast(bool, torch.backends.cuda.matmul.allow_tf32)),
+                 cudnn_allow_tf32=_read(lambda: torch.backends.cudnn.allow_tf32),
+                 float32_matmul_precision=_read(torch.get_float32_matmul_precision))
 
 
 def _backend_precisions() -> dict[str, str]:

@@ -88,5 +88,5 @@ def content_hash(images: torch.Tensor) -> str:
     h = hashlib.sha256(repr((tuple(images.shape), str(images.dtype))).encode())
     flat = images.detach().cpu().contiguous().view(-1).numpy()
     for i in range(0, len(flat), 1 << 26):
-        h.update(flat[i:i + (1 << 26)])  # 64 MiB at a time, without copies
+        h.update(flat[i:i + (1 << 26)].data)  # 64 MiB at a time, without copies (a memoryview of the slice)
     return "sha256:" + h.hexdigest()[:20]

@@ -20,8 +20,9 @@ def dcgan_init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
+            bias = getattr(m, "bias", None)  # Embedding has none; the others may be built with bias=False
+            if bias is not None:
+                nn.init.zeros_(bias)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
@@ -30,7 +31,7 @@ def dcgan_init(module: nn.Module) -> None:
 def conv_stages(size: int, *, arch: str) -> tuple[int, int]:
     """Split `size` into a start resolution (4 or 7) and a number of 2x stages: 28 = 7*2^2, 64 = 4*2^4."""
     for start in (4, 7):
-        stages = math.log2(size / start) if size >= start else -1
+        stages = math.log2(size / start) if size >= start else -1.0
         if stages >= 1 and stages.is_integer():
             return start, int(stages)
     raise ConfigError(

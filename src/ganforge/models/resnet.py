@@ -106,7 +106,7 @@ class ResNetDiscriminator(nn.Module):
         super().__init__()
         _, stages = conv_stages(size, arch="resnet")
         widths = [width * 2 ** i for i in range(stages)]  # e.g. 64, 128, 256 at 32 pixels, w=64
-        blocks = [DBlock(channels, widths[0], down=True, first=True)]
+        blocks: list[nn.Module] = [DBlock(channels, widths[0], down=True, first=True)]
         blocks += [DBlock(widths[i - 1], widths[i], down=True) for i in range(1, stages)]
         if mbstd:  # [B, w, s0, s0] -> [B, w + 1, s0, s0] before the last block
             blocks.append(MinibatchStd(mbstd))

@@ -10,6 +10,8 @@ so it makes 28, 32, 56, 64 or 128 pixels. Convolutions are initialised as in Rad
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -36,7 +38,7 @@ class UpsampleGenerator(nn.Module):
         self.project = nn.Linear(z_dim + self.cond.extra, ch * start * start, bias=False)
         layers: list[nn.Module] = [nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, inplace=True)]
         # Bilinear needs align_corners stated; False matches how image libraries resize.
-        up = dict(scale_factor=2, mode=mode) | ({"align_corners": False} if mode == "bilinear" else {})
+        up: dict[str, Any] = dict(scale_factor=2, mode=mode) | ({"align_corners": False} if mode == "bilinear" else {})
         for _ in range(stages - 1):  # [B, ch, s, s] -> [B, ch/2, 2s, 2s]
             layers += [nn.Upsample(**up), nn.Conv2d(ch, ch // 2, 3, 1, 1, bias=False), nn.BatchNorm2d(ch // 2),
                        nn.LeakyReLU(0.2, inplace=True)]

@@ -27,7 +27,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from ganforge import __version__, capacity, runtime
+from ganforge import __version__, capacity, precision, runtime
 from ganforge.artifacts import RunLog, Snapshots
 from ganforge.augment import DiffAugment
 from ganforge.checkpoint import load_latest, pack, save_checkpoint, unpack
@@ -136,9 +136,9 @@ class Trainer:
             self._update_ema(images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic)
             self.window.add(loss_g=loss_g)
             if self.precision.scaled:
-                self.window.add(loss_scale_g=self.scaler_g._get_scale_async())
+                self.window.add(loss_scale_g=precision.scale_tensor(self.scaler_g))
         if self.precision.scaled:  # the current loss scales, logged: a scale that keeps falling means overflows
-            self.window.add(loss_scale_d=self.scaler_d._get_scale_async())
+            self.window.add(loss_scale_d=precision.scale_tensor(self.scaler_d))
 
     @staticmethod
     def _optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -164,7 +164,7 @@ class Trainer:
     def run(self) -> Verdict:
         """Train until the last epoch or a stop; the returned verdict says why it stopped ("" when it finished)."""
         p = self.progress
-        if self.dist.is_main:
+        if self.log is not None:  # rank 0 (dist.is_main), the only one with a log
             save_yaml(self.cfg, self.run_dir / "config.yaml")
             Snapshots.write_real(self.log, self.real_preview)
             if self.changes:
@@ -266,9 +266,10 @@ class Trainer:
         last = epoch_done and p.epoch == t.epochs
         save = save or stop or last or (epoch_done and p.epoch % t.checkpoint_every == 0)
         if epoch_done or save:  # per-rank batch-norm statistics, averaged before samples and checkpoints
-            self.dist.average_buffers(*self._models().values())
+            # G_ema is None without EMA (model.ema_kimg=0): there is nothing of it to average.
+            self.dist.average_buffers(*(m for m in self._models().values() if m is not None))
         if self.log is not None and (stop or last or (epoch_done and p.epoch % t.sample_every == 0)):
-            self._write_samples()
+            self._write_samples(self.log)
         if save:
             self.save()
         if epoch_done and self.evaluator is not None and self.evaluator.due_epoch(p.epoch):
@@ -298,19 +299,21 @@ class Trainer:
     def _sampler(self) -> nn.Module:
         return self.G_ema if self.G_ema is not None else self.G
 
-    def _write_samples(self) -> None:
+    def _write_samples(self, log: RunLog) -> None:
         p = self.progress
         images = self.snapshots.images(self._sampler())
         if p.images >= 50_000:  # an untrained G is legitimately near-constant; judge it only later
             self.health.check_diversity(images[:64], self.real_preview[:64].float() / 127.5 - 1, step=p.step)
         # The epoch these weights finished, or the one they are inside (a stop mid-epoch).
-        self.snapshots.write(self.log, images, epoch_label=p.epoch if p.pos == 0 else p.epoch + 1, step=p.step)
-        self.log.plot_losses(probabilities=self.objective.loss.probabilities)
+        self.snapshots.write(log, images, epoch_label=p.epoch if p.pos == 0 else p.epoch + 1, step=p.step)
+        log.plot_losses(probabilities=self.objective.loss.probabilities)
 
     def _evaluate(self, *, epoch: float) -> None:
         """Log a small-N evaluation; keep the checkpoint with the lowest FID as checkpoints/best."""
         from ganforge.periodic_eval import improved
 
+        # Evaluations fall due only where train.eval_every(_kimg) made an evaluator (see its callers).
+        assert self.evaluator is not None
         p, g = self.progress, self._sampler()
         self.dist.average_buffers(g)  # the same generator on every rank, in eval mode too
         values = self.evaluator(g, step=p.step)

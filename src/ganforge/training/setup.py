@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import nn
@@ -111,7 +111,9 @@ def fast_modules(cfg: Config, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn
     backends = torch._dynamo.list_backends(exclude_tags=())
     if t.compile_backend not in backends:
         raise ConfigError(f"train.compile_backend={t.compile_backend!r}: choose one of {', '.join(backends)}")
-    return torch.compile(G, backend=t.compile_backend), torch.compile(D, backend=t.compile_backend)
+    # torch.compile of a module returns a module (an OptimizedModule); its stubs say only "a callable".
+    return (cast(nn.Module, torch.compile(G, backend=t.compile_backend)),
+            cast(nn.Module, torch.compile(D, backend=t.compile_backend)))
 
 
 def batches(cfg: Config, data: ImageData, placement: str, *, device: torch.device, dist: Dist,
