@@ -21,6 +21,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The inner loop: everything but the tests marked slow (torchrun, SIGKILL resumes, the docs' blocks).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and pyright (basic) over the tree.
+lint: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/pyright src
+
 bench: install
 	$(BIN)/python -m benchmarks.train_speed
 

@@ -28,9 +28,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -40,7 +41,7 @@ from benchmarks.gpu_check_table import ROWS, print_table, short
 from ganforge import __version__
 
 RECORDS = Path(__file__).resolve().parent / "records" / "gpu"
-STEPS: dict[str, Callable[["Context"], dict]] = {
+STEPS: dict[str, Callable[[Context], dict]] = {
     "machine": speed.machine, "speed": speed.speed, "resume": runs.resume, "data_path": runs.data_path,
     "fid": runs.fid,
 }

@@ -62,8 +62,10 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         hits = int(torch.unique(mem.index).numel())
         flops = 2.0 * (len(q) + hits) * len(r) * q.shape[1]
-        results[name] = {"seconds": round(seconds, 2), "unique_hits": hits, "gflop_per_s": round(flops / seconds / 1e9, 1)}
-        print(f"{name:<28} {seconds:7.1f} s  ({hits} training rows searched again, {flops / seconds / 1e9:.0f} GFLOP/s)",
+        results[name] = {"seconds": round(seconds, 2), "unique_hits": hits,
+                         "gflop_per_s": round(flops / seconds / 1e9, 1)}
+        print(f"{name:<28} {seconds:7.1f} s  ({hits} training rows searched again, "
+              f"{flops / seconds / 1e9:.0f} GFLOP/s)",
               flush=True)
     record = {"n_query": args.n, "n_train": args.train, "threads": args.threads, "cpu": cpu_model(),
               "torch": torch.__version__, "ganforge_version": __version__, "results": results,

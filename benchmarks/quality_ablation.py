@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.quality import RECORDS, main as quality
+from benchmarks.quality import RECORDS
+from benchmarks.quality import main as quality
 
 # (row, preset, overrides): each technique row is the row above it plus one change.
 _FAST = ["optim.lr_g=1.2e-3", "optim.lr_d=1.2e-3", "train.batch_size=32"]

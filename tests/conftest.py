@@ -68,7 +68,8 @@ TINY_CGAN = ["--batch-size", "32", "--set", "data.limit=256", "--set", "model.g_
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory):
     """Two tiny runs made once per session for the commands that use a trained model: `cgan` (conditional,
-    EMA, 2 full epochs, classifier FID logged every epoch) and `gan` (unconditional, stopped by --max-steps halfway through its first epoch)."""
+    EMA, 2 full epochs, classifier FID logged every epoch) and `gan` (unconditional, stopped by --max-steps
+    halfway through its first epoch)."""
     import sys
 
     from ganforge.cli import main

@@ -55,7 +55,8 @@ def test_ablation_rows_resolve_and_each_technique_row_adds_one_change():
 def test_ablation_table_lists_recorded_rows_and_rejects_unknown_ones(tmp_path, capsys):
     import pytest
 
-    from benchmarks.quality_ablation import main as ablation, table
+    from benchmarks.quality_ablation import main as ablation
+    from benchmarks.quality_ablation import table
 
     record = {"kimg": 180.0, "train_seconds": 301.4, "metrics": {"cls-fid": 1.234, "cls-is": 9.5}}
     (tmp_path / "a.json").write_text(json.dumps(record))

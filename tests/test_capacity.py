@@ -182,7 +182,8 @@ def test_a_model_that_cannot_be_built_on_meta_is_counted_for_real(monkeypatch):
 def _mock_cuda(monkeypatch, *, total: int, free: int) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=total, major=8, minor=0))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(total_memory=total, major=8, minor=0))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=None: (free, total))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 

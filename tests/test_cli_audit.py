@@ -4,10 +4,9 @@ import json
 
 import pytest
 
+from conftest import shared_path
 from ganforge.cli import main
 from ganforge.metrics.classifier import weights_path
-
-from conftest import shared_path
 
 TINY = ["--batch-size", "32", "--set", "data.limit=64", "--set", "model.g_channels=8", "--set", "model.d_channels=8"]
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import TINY, run_cli
 
+from conftest import TINY, run_cli
 from ganforge.metrics.classifier import weights_path
 
 

@@ -9,9 +9,9 @@ import struct
 import pytest
 from PIL import Image
 
+from conftest import shared_path
 from ganforge.cli import main, make_parser
 from ganforge.data import DATASETS, dataset_presence
-from conftest import shared_path
 
 MNIST_FIRST = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 FASHION_FIRST = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]

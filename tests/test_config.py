@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from ganforge.cli import main
-from ganforge.config import (PRESETS, Config, apply_override, from_dict, load_yaml, preset_config, save_yaml,
-                             to_dict, validate)
+from ganforge.config import (
+    PRESETS,
+    Config,
+    apply_override,
+    from_dict,
+    load_yaml,
+    preset_config,
+    save_yaml,
+    to_dict,
+    validate,
+)
 from ganforge.errors import ConfigError
 
 

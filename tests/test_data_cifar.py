@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ganforge.data.cache import cached_files
 from ganforge.data import load_dataset
+from ganforge.data.cache import cached_files
 from ganforge.data.cifar import CLASSES
 from ganforge.errors import DataError
 

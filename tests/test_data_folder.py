@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from ganforge.data.cache import cached_files
 from ganforge.data import load_dataset
+from ganforge.data.cache import cached_files
 from ganforge.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ganforge.data.cache import cached_files
 from ganforge.data import dataset_table, load_dataset
+from ganforge.data.cache import cached_files
 from ganforge.errors import ConfigError, DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

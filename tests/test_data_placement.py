@@ -18,8 +18,8 @@ from PIL import Image
 from conftest import EXACT, TINY, run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint
 from ganforge.config import Config, validate
-from ganforge.data import load_dataset
 from ganforge.data import batches as batches_module
+from ganforge.data import load_dataset
 from ganforge.data.batches import DeviceBatches, choose_placement
 from ganforge.data.cache import FORMAT, cached_files
 from ganforge.errors import ConfigError
@@ -40,7 +40,8 @@ def image_folder(root: Path, n: int = 12, size: int = 20) -> Path:
 
 
 def mapped_file(t: torch.Tensor) -> str:
-    """The file whose mapping holds the tensor's memory (from /proc/self/maps): a path, or "", "[heap]"... for private memory."""
+    """The file whose mapping holds the tensor's memory (from /proc/self/maps): a path, or "", "[heap]"...
+    for private memory."""
     ptr = t.data_ptr()
     for line in Path("/proc/self/maps").read_text().splitlines():
         fields = line.split(maxsplit=5)

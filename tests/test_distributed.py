@@ -89,7 +89,8 @@ def test_torchrun_eval_splits_the_work_and_matches_one_process(tmp_path, tiny_ar
     assert [records[k]["ranks"] for k in ("one", "two")] == [1, 2]
     assert result.stdout.count("wrote ") == 1  # rank 0 alone reports
     for key in ("cls-fid", "cls-is"):
-        assert records["two"]["metrics"][key]["value"] == pytest.approx(records["one"]["metrics"][key]["value"], rel=1e-9), key
+        one = records["one"]["metrics"][key]["value"]
+        assert records["two"]["metrics"][key]["value"] == pytest.approx(one, rel=1e-9), key
 
 
 @pytest.mark.parametrize("to", ["rank 1", "the process group"])

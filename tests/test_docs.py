@@ -12,9 +12,9 @@ The rules, which are all the test changes about what a reader would copy:
 - A bash block runs whole under `bash -e`, with stand-ins first on its PATH
   (tests/docs_stand_ins.py) that run the real thing after one documented change each:
   `ganforge train` stops after 2 steps (4 with --resume) and, for a new run (`--resume auto`
-  included, when its run has no checkpoint yet), uses 256 images and 8-channel networks; `ganforge eval` generates and compares 16 images, and a
-  `checkpoints/step_N` that does not exist means that run's newest checkpoint; `ganforge audit`
-  generates 64 images, with the same checkpoint rule; `torchrun`
+  included, when its run has no checkpoint yet), uses 256 images and 8-channel networks; `ganforge eval`
+  generates and compares 16 images, and a `checkpoints/step_N` that does not exist means that run's
+  newest checkpoint; `ganforge audit` generates 64 images, with the same checkpoint rule; `torchrun`
   starts 2 CPU processes on this one machine (one node, a local rendezvous); `make T` runs
   target T's own recipe without installing (`make test` only collects the suite, of which this
   test is part); `tensorboard` is started, checked to answer, and stopped;
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from docs_stand_ins import TINY_N, install
 
 from conftest import REPO, SHARED_DATA
-from docs_stand_ins import TINY_N, install
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\S*)\s*$")

@@ -14,7 +14,8 @@ from ganforge.config import Config, all_keys, apply_override, validate
 from ganforge.data import load_dataset
 from ganforge.errors import ConfigError, DataError, GanforgeError
 
-FUZZ = settings(max_examples=int(__import__("os").environ.get("GANFORGE_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=int(__import__("os").environ.get("GANFORGE_FUZZ_EXAMPLES", "60")), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = all_keys(Config())
 
 

@@ -110,7 +110,8 @@ def test_a_failing_speed_case_keeps_the_others(tmp_path, monkeypatch):
     assert not entry["ok"] and "2 case(s) failed" in entry["error"]
     cases = entry["result"]["presets"]["cifar10-best"]["cases"]
     assert len(cases) == 6 and sum("error" in c for c in cases) == 1
-    assert entry["result"]["failed_cases"] == ["cifar10-best amp=bf16 compile=True", "mnist-dcgan64 amp=bf16 compile=True"]
+    assert entry["result"]["failed_cases"] == ["cifar10-best amp=bf16 compile=True",
+                                               "mnist-dcgan64 amp=bf16 compile=True"]
 
 
 def test_compare_is_bit_for_bit():

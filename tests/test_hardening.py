@@ -403,10 +403,9 @@ def test_compare_escapes_a_bar_in_a_run_name(trained_runs, tmp_path, capsys):
     run = tmp_path / "a|b"
     shutil.copytree(trained_runs["gan"], run)
     code, _ = _cli(["compare", run, "--out", tmp_path / "cmp"], capsys)
-    row = next(line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if "a" in line and "b" in line
-               and line.startswith("| a"))
-    assert code == 0 and row.startswith("| a\\|b |") and row.count(" | ") == (tmp_path / "cmp" / "compare.md").read_text(
-        ).splitlines()[0].count(" | ")
+    lines = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
+    row = next(line for line in lines if "a" in line and "b" in line and line.startswith("| a"))
+    assert code == 0 and row.startswith("| a\\|b |") and row.count(" | ") == lines[0].count(" | ")
 
 
 def test_unconditional_export_lists_no_classes(trained_runs, tmp_path, capsys):

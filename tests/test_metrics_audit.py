@@ -4,6 +4,7 @@ made to copy, to be honest, or to collapse are told apart on real MNIST."""
 import pytest
 import torch
 
+from conftest import shared_path
 from ganforge.data import load_dataset
 from ganforge.data.base import ImageData
 from ganforge.errors import DataError
@@ -11,8 +12,6 @@ from ganforge.metrics import audit as A
 from ganforge.metrics import auditing
 from ganforge.metrics.cas import Recipe
 from ganforge.metrics.classifier import weights_path
-
-from conftest import shared_path
 
 N = 400
 # A shorter CAS recipe than the audit's default keeps the test fast; real and generated get the same.

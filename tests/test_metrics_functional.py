@@ -78,7 +78,8 @@ def test_kid_is_unbiased_on_identical_and_separates_shifted_sets():
     # two independent samples of one distribution: the mean over subsets is ~0 (a biased
     # V-statistic would be clearly positive)
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(2000, 16, generator=g, dtype=torch.float64), torch.randn(2000, 16, generator=g, dtype=torch.float64)
+    x = torch.randn(2000, 16, generator=g, dtype=torch.float64)
+    y = torch.randn(2000, 16, generator=g, dtype=torch.float64)
     mean, std = mf.kernel_inception_distance(x, y, subsets=30, subset_size=200)
     assert abs(mean) < 3 * std / math.sqrt(30) + 1e-3
 

@@ -64,7 +64,9 @@ def test_dcgan_init_matches_paper():
 def test_fully_connected_layers_match_seed_003():
     """Default widths give 003's G 100-256-512-1024-784 and D 784-1024-512-256-1."""
     g, d = build_models(ModelConfig(arch="mlp"), channels=1, size=28, num_classes=0)
-    linear = lambda m: [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    def linear(m):
+        return [(lin.in_features, lin.out_features) for lin in m.modules() if isinstance(lin, torch.nn.Linear)]
+
     assert linear(g) == [(100, 256), (256, 512), (512, 1024), (1024, 784)]
     assert linear(d) == [(784, 1024), (1024, 512), (512, 256), (256, 1)]
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in g.modules())

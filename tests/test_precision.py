@@ -84,7 +84,7 @@ def test_fp16_penalties_take_the_gradient_of_the_scaled_output_and_unscale_it(pe
     torch.testing.assert_close(scaled, plain, rtol=1e-5, atol=0)
 
 
-def _tiny(loss: str = "bce", **sets) -> "object":
+def _tiny(loss: str = "bce", **sets) -> object:
     cfg = preset_config("demo")
     cfg.data.limit, cfg.train.batch_size, cfg.model.g_channels, cfg.model.d_channels = 64, 16, 8, 8
     cfg.model.conditional, cfg.model.d_norm, cfg.loss.name, cfg.train.device = False, "layer", loss, "cpu"

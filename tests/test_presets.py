@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganforge.cli import main
 import ganforge.presets  # noqa: F401  (fills PRESETS)
+from ganforge.cli import main
 from ganforge.config import PRESETS, preset_config
 from ganforge.data.cifar import CLASSES
 from ganforge.models import build_models

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EXACT, TINY as TINY_256, poison_d_loss, run_cli
+from conftest import EXACT, poison_d_loss, run_cli
+from conftest import TINY as TINY_256
 from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from ganforge.config import preset_config
 from ganforge.errors import CheckpointError
@@ -123,7 +124,8 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("ganforge.checkpoint.save_file", no_space)
-    with pytest.raises(CheckpointError, match=r"\(No space left on device\); the previous checkpoint step_000000001 is intact"):
+    with pytest.raises(CheckpointError,
+                       match=r"\(No space left on device\); the previous checkpoint step_000000001 is intact"):
         save_checkpoint(tmp_path, step=2, tensors={"w": torch.zeros(3)}, state={"a": 2}, keep=1)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000001"]
     assert torch.equal(load_checkpoint(tmp_path / "checkpoints" / "step_000000001")[0]["w"], torch.ones(3))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from ganforge.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from ganforge.checkpoint import list_checkpoints, save_checkpoint
 from ganforge.config import preset_config
 
 

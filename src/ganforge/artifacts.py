@@ -144,13 +144,13 @@ class Snapshots:
         generator.train(was_training)
         return out.float()
 
-    def write(self, log: "RunLog", images: torch.Tensor, *, epoch_label: int, step: int) -> None:
+    def write(self, log: RunLog, images: torch.Tensor, *, epoch_label: int, step: int) -> None:
         log.save_grid(images, f"epoch_{epoch_label:04d}.png", step=step, nrow=self.COLUMNS)
         if self.conditional:
             log.save_grid(images, "classes.png", step=step, nrow=self.COLUMNS, tag="classes")
 
     @staticmethod
-    def write_real(log: "RunLog", real: torch.Tensor) -> None:
+    def write_real(log: RunLog, real: torch.Tensor) -> None:
         """samples/real.png once per run: uint8 training images beside the generated grids."""
         if not (log.dir / "samples" / "real.png").exists():
             log.save_grid(real.float().div(127.5).sub(1), "real.png", step=0, tag="real")

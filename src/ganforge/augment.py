@@ -13,7 +13,7 @@ torch RNG (which checkpoints save), works on [B, C, H, W] images in [-1, 1], and
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -180,7 +180,8 @@ def pack(modules: dict[str, Optional[torch.nn.Module]], stateful: dict[str, Any]
 
 
 def unpack(tensors: dict[str, torch.Tensor], state: dict[str, Any], modules: dict[str, Optional[torch.nn.Module]],
-           stateful: dict[str, Any], *, fallback: Optional[dict[str, str]] = None, optional: tuple[str, ...] = ()) -> None:
+           stateful: dict[str, Any], *, fallback: Optional[dict[str, str]] = None,
+           optional: tuple[str, ...] = ()) -> None:
     """Load what `pack` wrote into the same modules and objects. fallback: a module missing from the
     checkpoint takes another's tensors (an EMA turned on at a resume starts from G). optional: stateful
     entries an older checkpoint may lack; one saved empty (a loss scaler that was off) is left alone.

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -28,9 +29,9 @@ class DataConfig:
     size: int = 0                   # image side in pixels; 0 keeps the dataset's own size
     limit: int = 0                  # use only the first N images; 0 uses all
     hflip: bool = False             # random horizontal flips, drawn batch-wise on the device
-    augment: str = ""               # DiffAugment policy for every image D sees: comma-separated translation,cutout,color
+    augment: str = ""               # DiffAugment policy for every image D sees: translation,cutout,color
     placement: str = "auto"         # where the uint8 training set lives: auto | device | host (data/batches.py)
-    device_share: float = 0.5       # auto: copy the set onto a CUDA device only if it takes at most this share of its memory
+    device_share: float = 0.5       # auto: copy the set onto a CUDA device only within this share of its memory
 
 
 @dataclass
@@ -57,7 +58,7 @@ class LossConfig:
     label_flip: float = 0.0         # probability of swapping real and fake targets for D
     gp_weight: float = 10.0         # gradient-penalty weight (wgan-gp)
     n_critic: int = 1               # discriminator steps per generator step
-    r1_gamma: float = 0.0           # zero-centred gradient penalty on real images, gamma/2 E|grad D(x)|^2 (Mescheder 2018)
+    r1_gamma: float = 0.0           # zero-centred penalty on real images, gamma/2 E|grad D(x)|^2 (Mescheder 2018)
     r2_gamma: float = 0.0           # the same on generated images (Roth et al. 2017; R3GAN uses both)
     reg_every: int = 1              # apply R1/R2 every N D steps, scaled by N (lazy regularisation, Karras 2020)
 
@@ -88,7 +89,7 @@ class TrainConfig:
     checkpoint_steps: int = 0       # also checkpoint every N steps inside an epoch; 0 turns it off
     keep_checkpoints: int = 3
     num_samples: int = 64           # fixed latent vectors drawn for every snapshot (8x8 grid)
-    amp: str = "auto"               # auto (by the device: bf16 where native, fp16 on CUDA 7.x, else fp32) | bf16 | fp16 | off
+    amp: str = "auto"               # auto (bf16 where native, fp16 on CUDA 7.x, else fp32) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False           # torch.compile the generator and discriminator
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager compiles fast and needs no C++ compiler)

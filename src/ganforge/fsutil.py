@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 TMP, OLD = ".tmp-", ".old-"  # prefixes of in-progress writes and of replaced folders awaiting deletion
 

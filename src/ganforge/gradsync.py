@@ -55,7 +55,7 @@ class GradSync:
         self._work: list[tuple[dist.Work, torch.Tensor, int]] = []
         self._fired = 0
 
-    def arm(self) -> "GradSync":
+    def arm(self) -> GradSync:
         """Start watching for gradients of the next backward (call right before it)."""
         if self.enabled:
             self._reset()

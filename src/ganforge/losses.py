@@ -16,8 +16,9 @@ Every generator loss takes the real logits too (`g_loss(fake, real)`); only rela
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -3,7 +3,7 @@ alternative), and the learning rate as one pure function of progress."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

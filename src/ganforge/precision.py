@@ -52,7 +52,7 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.dtype)
 
-    def scaler(self, device: torch.device) -> "torch.amp.GradScaler":
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler:
         """A loss scaler for one optimizer; disabled (a no-op that still has a state) unless fp16."""
         return torch.amp.GradScaler(device.type, enabled=self.scaled)
 
@@ -103,7 +103,7 @@ def choose(amp: str, device: torch.device) -> Precision:
     return Precision(amp, f"train.amp={amp}")
 
 
-def unscale(grad: torch.Tensor, scaler: Optional["torch.amp.GradScaler"]) -> torch.Tensor:
+def unscale(grad: torch.Tensor, scaler: Optional[torch.amp.GradScaler]) -> torch.Tensor:
     """A gradient taken of a scaled output, back at its true size (a no-op without fp16 scaling)."""
     if scaler is None or not scaler.is_enabled():
         return grad
@@ -119,7 +119,7 @@ def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor:
     return s
 
 
-def scale(value: torch.Tensor, scaler: Optional["torch.amp.GradScaler"]) -> torch.Tensor:
+def scale(value: torch.Tensor, scaler: Optional[torch.amp.GradScaler]) -> torch.Tensor:
     if scaler is None or not scaler.is_enabled():
         return value
     return scaler.scale(value)

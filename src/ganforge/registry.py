@@ -6,7 +6,8 @@ so a new model is a new entry, not a new branch.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from ganforge.errors import ConfigError
 

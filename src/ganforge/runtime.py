@@ -25,7 +25,6 @@ import torch.distributed as dist
 from ganforge.config import TrainConfig
 from ganforge.errors import ConfigError, GanforgeError
 
-
 _PATIENT: dict = {"group": None}  # the process group of `Dist.patient_gather`, one per process
 _PATIENT_TIMEOUT = timedelta(days=1)
 
@@ -52,7 +51,7 @@ class Dist:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, device_name: str = "auto") -> "Dist":
+    def from_env(cls, device_name: str = "auto") -> Dist:
         """Join the torchrun process group when launched by torchrun; one process otherwise."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -94,7 +93,8 @@ class Dist:
                             torch.stack([f.float() for f in flags])])
         values = self.sum(packed).tolist()
         n = len(keys)
-        return {k: s / c if c else math.nan for k, s, c in zip(keys, values[:n], values[n:2 * n])}, [round(v) for v in values[2 * n:]]
+        means = {k: s / c if c else math.nan for k, s, c in zip(keys, values[:n], values[n:2 * n])}
+        return means, [round(v) for v in values[2 * n:]]
 
     def average_buffers(self, *modules: torch.nn.Module) -> None:
         """Average batch-norm running statistics so every rank (and the checkpoint) holds the same model."""
@@ -315,7 +315,7 @@ class GracefulStop:
             print(f"\nreceived {signal.Signals(signum).name}: stopping at the end of this log window and writing "
                   "a checkpoint (send it again to quit at once)", file=sys.stderr, flush=True)
 
-    def install(self) -> "GracefulStop":
+    def install(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self

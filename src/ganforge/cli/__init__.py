@@ -10,12 +10,16 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from ganforge import __version__
-from ganforge.cli import audit as audit_command, datasets as datasets_command, eval as eval_command
-from ganforge.cli import presets as presets_command, train as train_command
+from ganforge.cli import audit as audit_command
 from ganforge.cli import compare, export, interpolate, report, sample, serve
+from ganforge.cli import datasets as datasets_command
+from ganforge.cli import eval as eval_command
+from ganforge.cli import presets as presets_command
+from ganforge.cli import train as train_command
 from ganforge.errors import GanforgeError
 
 
@@ -62,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = make_parser()
     args = parser.parse_args(argv)
     previous = None
-    if args.command != "train" and threading.current_thread() is threading.main_thread():  # training stops gracefully on SIGTERM with a checkpoint of its own
+    # Training stops gracefully on SIGTERM with a checkpoint of its own; the other commands clean up here.
+    if args.command != "train" and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = args.func(args)

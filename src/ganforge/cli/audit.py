@@ -37,10 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ganforge.cli.sample import pick_device_for
     from ganforge.metrics.auditing import audit_run
     from ganforge.outputs.files import check_output_folder
     from ganforge.outputs.model import check_seed
-    from ganforge.cli.sample import pick_device_for
     from ganforge.runtime import cpu_threads
 
     if args.n < 2:

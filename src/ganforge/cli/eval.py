@@ -213,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "ganforge" in str(w.filename) + str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    record.update(reference_data_digest=digest, run_dir=str(run_dir), checkpoint=str(checkpoint), arch=cfg.model.arch, preset=cfg.preset,
+    record.update(reference_data_digest=digest, run_dir=str(run_dir), checkpoint=str(checkpoint),
+                  arch=cfg.model.arch, preset=cfg.preset,
                   data_dir=str(root) if root else None,
                   evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(format_table(record))

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--out", required=True, help="a new folder (png) or file (npz)")
     p.add_argument("--class", dest="label", type=int, help="only this class (conditional models)")
-    p.add_argument("--seed", type=int, default=0, help="latent seed (default 0): image i depends only on the seed and i")
+    p.add_argument("--seed", type=int, default=0,
+                   help="latent seed (default 0): image i depends only on the seed and i")
     p.add_argument("--format", choices=["png", "npz"], help="default: npz when --out ends in .npz, else png")
     p.add_argument("--truncation", type=float, help="redraw latent entries beyond ±T (e.g. 0.7: cleaner, less varied)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -12,20 +12,21 @@ import os
 from pathlib import Path
 from typing import Union
 
-from ganforge.data.base import DATASETS, DatasetSpec, ImageData, default_cache_dir, register_dataset
-from ganforge.data.sources import LOCATORS, existing
-from ganforge.errors import ConfigError, DataError
+from ganforge.data import celeba as _celeba  # noqa: F401
+from ganforge.data import cifar as _cifar  # noqa: F401
+from ganforge.data import folder as _folder  # noqa: F401
 
 # Importing a reader registers it.
 from ganforge.data import idx as _idx  # noqa: F401  (mnist, fashion-mnist)
 from ganforge.data import mnist5k as _mnist5k  # noqa: F401
-from ganforge.data import folder as _folder  # noqa: F401
-from ganforge.data import cifar as _cifar  # noqa: F401
-from ganforge.data import celeba as _celeba  # noqa: F401
+from ganforge.data.base import DATASETS, DatasetSpec, ImageData, default_cache_dir, register_dataset
 from ganforge.data.presence import Presence, dataset_presence
+from ganforge.data.sources import LOCATORS, existing
+from ganforge.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
-           "load_dataset", "dataset_fingerprint", "dataset_digest", "check_data_dir", "reads", "dataset_table", "Presence",
+           "load_dataset", "dataset_fingerprint", "dataset_digest", "check_data_dir", "reads", "dataset_table",
+           "Presence",
            "dataset_presence"]
 
 

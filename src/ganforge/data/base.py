@@ -7,9 +7,10 @@ from the mapping (see `ganforge.data.batches`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -49,7 +50,7 @@ class DatasetSpec:
     """A registered dataset: how to read it and what to tell the user about it."""
 
     name: str
-    plan: Callable[..., "Planned"]        # plan(*, root: Path | None, split, size, limit) -> Planned (cache.py)
+    plan: Callable[..., Planned]        # plan(*, root: Path | None, split, size, limit) -> Planned (cache.py)
     channels: int
     native_size: int
     num_classes: int
@@ -61,11 +62,11 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
-def register_dataset(name: str, **spec) -> Callable[[Callable[..., "Planned"]], Callable[..., "Planned"]]:
+def register_dataset(name: str, **spec) -> Callable[[Callable[..., Planned]], Callable[..., Planned]]:
     """Decorator: `@register_dataset("mnist", channels=1, native_size=28, num_classes=10, description=...)`
     on a function that locates the files and returns what it would decode (a `cache.Planned`)."""
 
-    def add(plan: Callable[..., "Planned"]) -> Callable[..., "Planned"]:
+    def add(plan: Callable[..., Planned]) -> Callable[..., Planned]:
         DATASETS.register(name)(DatasetSpec(name=name, plan=plan, **spec))
         return plan
 

@@ -24,8 +24,9 @@ device" would only duplicate the mapping in private memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 

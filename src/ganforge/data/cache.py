@@ -29,9 +29,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ def _fill(tmp: Path, data: ImageData, *, images_written: bool) -> None:
     (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
 
 
-def _file_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _file_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
     """A new .npy file of `shape` uint8, mapped writable, its blocks reserved on disk first: a full disk
     is then an OSError here, not a SIGBUS when a page of the mapping is first written."""
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
@@ -187,7 +188,7 @@ class Planned:
                 h.update(f.read(DIGEST_SPAN))
         return h.hexdigest()[:16]
 
-    def load(self, *, cache: bool = True, dist: Optional["Dist"] = None) -> ImageData:
+    def load(self, *, cache: bool = True, dist: Optional[Dist] = None) -> ImageData:
         """The cached array for this key, or decode it, check it and (when the cache is writable) store it.
 
         dist: under torchrun, decode once per host (local rank 0) and let the other ranks map its file.
@@ -230,7 +231,7 @@ class Planned:
     def _decode_into_entry(self, path: Path) -> Optional[ImageData]:
         """Decode straight into a new entry's images.npy; None when the cache folder cannot take it (the
         caller then decodes into memory and says why once)."""
-        target: dict[str, np.ndarray] = {}
+        target: dict[str, np.memmap] = {}
 
         def alloc(shape: tuple[int, ...]) -> np.ndarray:
             target["array"] = _file_array(tmp / "images.npy", shape)
@@ -243,20 +244,21 @@ class Planned:
                 array = target.get("array")
                 # The reader returns the mapped array itself unless it dropped unreadable files (a copy).
                 into = array is not None and data.images.data_ptr() == array.ctypes.data
-                if into:
+                if array is not None and into:
                     array.flush()
                 _fill(tmp, data, images_written=into)
         except OSError:
             return None
         return _load(path)  # the entry just written, mapped; the decoding mapping goes with `data`
 
-    def _load_once_per_host(self, dist: "Dist") -> ImageData:
+    def _load_once_per_host(self, dist: Dist) -> ImageData:
         """Local rank 0 loads or decodes while the other local ranks wait; then they map its file.
 
         The wait is one gather of every rank's outcome (over `Dist.patient_gather`, which outlasts a
         long decode), so a decode that fails on any host stops every rank with the same error.
         """
-        data, outcome, failed = None, ("wait", ""), None
+        data, outcome = None, ("wait", "")
+        failed: Optional[Exception] = None
         if dist.local_rank == 0:
             try:
                 data, stored = self._load_here(cache=True, every_rank=True)
@@ -266,7 +268,7 @@ class Planned:
         outcomes = dist.patient_gather(outcome)
         first = next((r for r, (kind, _) in enumerate(outcomes) if kind == "error"), None)
         if first is not None:  # every rank stops with the first failed host's error
-            if first == dist.rank:
+            if first == dist.rank and failed is not None:
                 raise failed
             raise _reraised(outcomes[first][1])
         if data is not None:

@@ -4,8 +4,9 @@ Shared by the `folder`, `cifar10` (JPEG/PNG tree) and `celeba` readers. Files ar
 sorted order (so `limit` and labels are reproducible), decoded with a thread pool (PIL releases
 the GIL while decoding) behind a progress bar, as an image viewer shows them (EXIF orientation
 applied, 16-bit samples scaled to 8 bits), then cropped and resized per image with PIL's
-antialiased bilinear filter. Symbolic links are followed; broken or looping ones are left out. A few unreadable files are skipped and reported; when more than
-half are unreadable the folder is probably not what the user meant, so it stops.
+antialiased bilinear filter. Symbolic links are followed; broken or looping ones are left out. A
+few unreadable files are skipped and reported; when more than half are unreadable the folder is
+probably not what the user meant, so it stops.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import os
 import sys
 import threading
 import zipfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -53,7 +55,7 @@ class ImageTree:
     def __len__(self) -> int:
         return len(self.names)
 
-    def head(self, limit: int) -> "ImageTree":
+    def head(self, limit: int) -> ImageTree:
         return self if not limit else ImageTree(self.origin, self.names[:limit], self.fingerprint,
                                                 self.base, self.is_zip)
 

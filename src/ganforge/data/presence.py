@@ -14,9 +14,10 @@ from __future__ import annotations
 import gzip
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 from ganforge.data.base import default_cache_dir
 from ganforge.data.images import IMAGE_EXTS

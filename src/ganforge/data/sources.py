@@ -7,9 +7,10 @@ same function, so what `ganforge datasets` reports present is what training will
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ganforge.errors import DataError
 

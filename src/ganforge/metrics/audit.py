@@ -66,7 +66,8 @@ def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, *, exclude_
             better = m < best[i: i + query_block]
             best[i: i + query_block] = torch.where(better, m, best[i: i + query_block])
             best_idx[i: i + query_block] = torch.where(better, a + j, best_idx[i: i + query_block])
-    exact = (query.reshape(len(query), -1).double() - reference.reshape(len(reference), -1)[best_idx].double()).norm(dim=1)
+    nearest = reference.reshape(len(reference), -1)[best_idx].double()
+    exact = (query.reshape(len(query), -1).double() - nearest).norm(dim=1)
     return Neighbours(distance=exact, index=best_idx)
 
 

@@ -9,11 +9,11 @@ last row compares the class histograms when the dataset has a shipped classifier
 
 from __future__ import annotations
 
-from ganforge import fsutil
-
 from pathlib import Path
 
 import torch
+
+from ganforge import fsutil
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:

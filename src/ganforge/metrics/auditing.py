@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -280,7 +281,8 @@ def verdicts(record: dict) -> dict[str, str]:
         if name == "class_histogram":
             if "not_applicable" not in c:
                 miss = c["missing_classes"]
-                lines.append(f"classes: TV {c['total_variation']:.2f}" + (f", MISSING {miss}" if miss else ", all present"))
+                lines.append(f"classes: TV {c['total_variation']:.2f}"
+                             + (f", MISSING {miss}" if miss else ", all present"))
             continue
         g, r = c["generated"], c["real_baseline"]
         state = "COLLAPSED" if g["coverage"] < 0.5 * r["coverage"] else "ok"
@@ -297,9 +299,9 @@ def audit_run(run_dir: str | Path, *, n: int = 10000, split: str = "test", space
     """Audit a run folder written by `ganforge train`: its latest checkpoint (or `checkpoint`), its
     training data (with the run's data.limit), and `split` as the held-out real images. Writes
     audit.json and audit.png into `out` when given."""
-    from ganforge.outputs.model import load_model
     from ganforge.data import DATASETS, load_dataset
     from ganforge.metrics.evaluation import make_generate
+    from ganforge.outputs.model import load_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -12,8 +12,9 @@ The same recipe on the same number of real training images gives the number to c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,8 @@ class Recipe:
 
     def describe(self) -> str:
         return (f"DigitClassifier, {self.epochs} epochs and at least {self.min_steps} steps, batch "
-                f"{self.batch_size}, AdamW lr {self.lr} wd {self.weight_decay}, one-cycle, +-{self.max_shift} px shifts, "
+                f"{self.batch_size}, AdamW lr {self.lr} wd {self.weight_decay}, one-cycle, "
+                f"+-{self.max_shift} px shifts, "
                 f"seed {self.seed}")
 
 

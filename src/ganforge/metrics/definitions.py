@@ -18,8 +18,9 @@ metric list of `ganforge eval` is chosen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -44,6 +45,22 @@ class Side:
     features: Optional[torch.Tensor] = None      # float64 [N, D], only when a metric needs it
     logits: Optional[torch.Tensor] = None        # float64 [N, K]
     labels: Optional[torch.Tensor] = None        # requested labels (generated side)
+
+    # What a metric declared it needs is collected before it runs (`evaluate`): a missing one is a bug.
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.mu is None or self.sigma is None:
+            raise ValueError("no mean and covariance were collected for this side")
+        return self.mu, self.sigma
+
+    def feature_matrix(self) -> torch.Tensor:
+        if self.features is None:
+            raise ValueError("no features were collected for this side")
+        return self.features
+
+    def logit_matrix(self) -> torch.Tensor:
+        if self.logits is None:
+            raise ValueError("no logits were collected for this side")
+        return self.logits
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,7 @@ def register(name: str, *, network: str, description: str, fake_needs=(), real_n
 
 
 def _fid(fake: Side, real: Side, *, seed: int) -> dict:
-    return {"value": mf.frechet_distance(fake.mu, fake.sigma, real.mu, real.sigma)}
+    return {"value": mf.frechet_distance(*fake.stats(), *real.stats())}
 
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
@@ -111,10 +128,11 @@ def _kid(fake: Side, real: Side, *, seed: int) -> dict:
     size = min(KID_SUBSET_SIZE, fake.n, real.n)
     if max(fake.n, real.n) <= size:
         # Every "subset" would be both whole sets: one value, and no spread to report.
-        mean, _ = mf.kernel_inception_distance(real.features, fake.features, subsets=1, subset_size=size, seed=seed)
+        mean, _ = mf.kernel_inception_distance(real.feature_matrix(), fake.feature_matrix(), subsets=1,
+                                               subset_size=size, seed=seed)
         return {"value": mean, "subsets": 1, "subset_size": size,
                 "note": f"one subset of all {size} images: no spread over subsets (needs N > {KID_SUBSET_SIZE})"}
-    mean, std = mf.kernel_inception_distance(real.features, fake.features, subsets=KID_SUBSETS,
+    mean, std = mf.kernel_inception_distance(real.feature_matrix(), fake.feature_matrix(), subsets=KID_SUBSETS,
                                              subset_size=KID_SUBSET_SIZE, seed=seed)
     return {"value": mean, "std": std, "subsets": KID_SUBSETS, "subset_size": size}
 
@@ -151,8 +169,9 @@ PR_K = 3
 def _pr(fake: Side, real: Side, *, seed: int) -> dict:
     size = min(fake.n, real.n)   # the paper compares equally many samples
     gen = torch.Generator().manual_seed(seed)
-    r = real.features[torch.randperm(real.n, generator=gen)[:size]] if real.n > size else real.features
-    f = fake.features[:size]
+    real_features = real.feature_matrix()
+    r = real_features[torch.randperm(real.n, generator=gen)[:size]] if real.n > size else real_features
+    f = fake.feature_matrix()[:size]
     pr = mf.precision_recall(r, f, k=PR_K)
     return {"value": {"precision": pr.precision, "recall": pr.recall}, "k": PR_K, "n_compared": size}
 
@@ -172,7 +191,7 @@ def _cls_is(fake: Side, real: Optional[Side], *, seed: int) -> dict:
 def _cls_acc(fake: Side, real: Optional[Side], *, seed: int) -> dict:
     if fake.labels is None:
         raise Unavailable("the model is unconditional: there are no requested labels to agree with")
-    pred = fake.logits.argmax(dim=1)
+    pred = fake.logit_matrix().argmax(dim=1)
     return {"value": float((pred == fake.labels.to(pred.device)).double().mean())}
 
 

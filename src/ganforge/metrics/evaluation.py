@@ -4,17 +4,18 @@ Generated images never touch the disk: `generate(batch_size, generator)` is call
 batch and each batch goes through every feature network the chosen metrics need (features are
 computed once per network). The real reference side (mean and covariance, plus features for
 KID and precision/recall) is cached on disk, keyed by the real data's content fingerprint and
-everything else that changes it (`ganforge.metrics.reference`), so it is computed once. Every metric in the returned record carries
-how it was computed: N generated, N real, split, network and checksum, resize, seed, version,
-time. Metric definitions and papers: `ganforge.metrics.definitions` and `functional`.
+everything else that changes it (`ganforge.metrics.reference`), so it is computed once. Every
+metric in the returned record carries how it was computed: N generated, N real, split, network and
+checksum, resize, seed, version, time. Metric definitions and papers: `ganforge.metrics.definitions` and `functional`.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 
@@ -164,6 +165,8 @@ def load_network(kind: str, *, device, inception_path=None, cache_dir=None, data
         else:
             from ganforge.metrics.classifier import ShippedClassifier
 
+            if dataset is None:
+                raise ValueError("the shipped classifier is chosen by the dataset's name; none was given")
             _LOADED[ident] = ShippedClassifier(dataset, device=device)
     return _LOADED[ident]
 
@@ -171,7 +174,8 @@ def load_network(kind: str, *, device, inception_path=None, cache_dir=None, data
 def _build_network(key: str, *, device, inception_path, cache_dir, classifier: Optional[str]) -> _Network:
     if key == INCEPTION:
         net = load_network(INCEPTION, device=device, inception_path=inception_path, cache_dir=cache_dir)
-        return _Network(key, net, name=net.name + (" (pt_inception, with logits)" if net.has_logits else " (TorchScript)"),
+        kind = " (pt_inception, with logits)" if net.has_logits else " (TorchScript)"
+        return _Network(key, net, name=net.name + kind,
                         sha256=net.sha256, resize=net.resize_method, source=f"{net.source.origin}: {net.source.path}")
     from ganforge.metrics.classifier import CLASSIFIER_FOR, INPUT_SIZE
 
@@ -221,7 +225,7 @@ def _real_fingerprint(real_images, given: Optional[str]) -> tuple[str, Any]:
     if getattr(real_images, "fingerprint", ""):
         return real_images.fingerprint, None
     images = real_images() if callable(real_images) else real_images
-    images = getattr(images, "images", images)
+    images = cast(torch.Tensor, getattr(images, "images", images))  # an ImageData or the tensor itself
     return content_hash(images), images
 
 
@@ -283,12 +287,14 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
         networks, real_needs, real_images, real_fingerprint, device=device, group=group,
         key=dict(dataset=dataset_key, split=split, n_real=n_real), cache_dir=cache_dir)
 
+    n_real_left = len(images_real) if images_real is not None else 0  # loaded when a network is not cached
     fake, t_gen, per_image, progress = _generated_pass(
         generate, networks, specs, n=n, batch_size=batch_size, seed=seed, device=device,
-        real_left={k: len(images_real) for k in real_needs if k not in real}, log=log)
+        real_left={k: n_real_left for k in real_needs if k not in real}, log=log)
 
     for k in real_needs:
         if k not in real:
+            assert images_real is not None, "_cached_reference loads the real images for every uncached network"
             real[k] = _real_pass(networks[k], real_needs[k], images_real, batch_size, device,
                                  lambda m, k=k: progress.advance(m * per_image[k]))
             if not group or _is_main():  # every rank holds the same statistics; one writes them
@@ -363,6 +369,7 @@ def _cached_reference(networks, real_needs, real_images, real_fingerprint, *, de
         path = reference.path_for(folder, rk)
         side = reference.load(path, rk, real_needs[k])
         if reference.agree(side is not None, device=device, group=group):
+            assert side is not None  # every rank found it, this one included
             if side.features is not None:
                 side.features = side.features.to(maths_device(device))
             real[k] = side
@@ -370,8 +377,8 @@ def _cached_reference(networks, real_needs, real_images, real_fingerprint, *, de
     if len(real) < len(real_needs):
         if images_real is None:
             images_real = real_images() if callable(real_images) else real_images
-        images_real = _subset(getattr(images_real, "images", images_real), key["n_real"], key["dataset"],
-                              key["split"])
+        images_real = _subset(cast(torch.Tensor, getattr(images_real, "images", images_real)), key["n_real"],
+                              key["dataset"], key["split"])
     return real, real_info, images_real
 
 
@@ -402,6 +409,7 @@ def _generated_pass(generate, networks, specs, *, n, batch_size, seed, device, r
             progress = _estimate(per_image, n - done, real_left, log)
         else:
             progress.advance(b * sum(per_image.values()))
+    assert progress is not None  # n >= 2 (checked first): the loop ran at least once
     return {k: c.side() for k, c in collectors.items()}, t_gen, per_image, progress
 
 
@@ -438,7 +446,7 @@ def _broadcast(results: Optional[dict], device: torch.device) -> dict:
 
     box = [results]
     dist.broadcast_object_list(box, src=0, device=device if dist.get_backend() == "nccl" else None)
-    return box[0]
+    return cast(dict, box[0])
 
 
 def _estimate(per_image: dict[str, float], fake_left: int, real_left: dict[str, int], log) -> Progress:

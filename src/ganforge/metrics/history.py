@@ -35,7 +35,8 @@ def check_writable(folder: Path, what: str) -> None:
 def check_output(run_dir: Path, json_path: Optional[Path], *, overwrite: bool = False) -> None:
     """Every place the record will be written: `--json FILE`, or the run's eval/ folder and eval.json.
     A kept record (a file in some run's eval/) is never replaced, even with `overwrite`."""
-    from ganforge.outputs.files import check_output as check_file, is_run_folder
+    from ganforge.outputs.files import check_output as check_file
+    from ganforge.outputs.files import is_run_folder
 
     if json_path is not None:
         if json_path.is_dir():

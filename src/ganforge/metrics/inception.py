@@ -226,7 +226,8 @@ class InceptionFeatures:
                     warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
                     script = torch.jit.load(str(self.source.path), map_location="cpu")
             except (RuntimeError, OSError, ValueError) as e:
-                raise InceptionError(f"cannot load Inception TorchScript {self.source.path}: {str(e).splitlines()[0]}") from None
+                first = str(e).splitlines()[0]
+                raise InceptionError(f"cannot load Inception TorchScript {self.source.path}: {first}") from None
             self.net = from_torchscript(script).to(self.device)
             self.fc_weight = None
         else:
@@ -261,7 +262,8 @@ class InceptionFeatures:
         chunk = self.chunk_size()
         with strict_fp32(self.device.type):
             feats = torch.cat([
-                self.net(to_inception_input(images[i:i + chunk].to(self.device)).contiguous(memory_format=torch.channels_last))
+                self.net(to_inception_input(images[i:i + chunk].to(self.device))
+                         .contiguous(memory_format=torch.channels_last))
                 for i in range(0, len(images), chunk)
             ]).reshape(len(images), FEATURE_DIM)
             logits = None

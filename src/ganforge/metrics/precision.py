@@ -15,9 +15,9 @@ therefore read defensively and restored through the same interface it was read f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional, TypedDict, TypeVar, cast
+from typing import Optional, TypedDict, TypeVar, cast
 
 import torch
 
@@ -111,4 +111,6 @@ def _restore_precision(precision: Optional[str], backends: dict[str, str]) -> No
         return
     matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)   # a mixed state: per backend
     for name, value in backends.items():
-        setattr(torch.backends.cuda.matmul if name == "cuda" else matmul, "fp32_precision", value)
+        target = torch.backends.cuda.matmul if name == "cuda" else matmul
+        if target is not None:  # a backend this build lacks has nothing to restore
+            target.fp32_precision = value

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 QUIET_BELOW = 10.0  # seconds: a shorter evaluation gets its estimate line but no progress display
 

@@ -6,7 +6,7 @@ every discriminator maps `(images, labels or None)` to one logit per image, [B].
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

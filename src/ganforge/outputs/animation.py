@@ -4,10 +4,10 @@ grids (`samples/epoch_*.png`) into `samples/progress.gif`."""
 from __future__ import annotations
 
 import io
-
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -36,8 +36,8 @@ def with_caption(image: Image.Image, text: str, *, above: bool = False) -> Image
     """The image with a white strip holding `text` in the built-in bitmap font (no font files needed)."""
     font = ImageFont.load_default()
     box = ImageDraw.Draw(image).textbbox((0, 0), text, font=font)
-    strip = box[3] - box[1] + 8
-    width = max(image.width, box[2] - box[0] + 8)
+    strip = int(box[3] - box[1]) + 8
+    width = max(image.width, int(box[2] - box[0]) + 8)
     out = Image.new("RGB", (width, image.height + strip), "white")
     out.paste(image.convert("RGB"), (0, strip if above else 0))
     ImageDraw.Draw(out).text((4, (0 if above else image.height) + 3), text, fill="black", font=font)
@@ -51,13 +51,17 @@ def save_image_atomic(image: Image.Image, path: Path, **kwargs) -> Path:
     return Path(path)
 
 
+def _gif_options(frames: list[Image.Image], frame_ms: int, last_ms: int) -> dict[str, Any]:
+    return dict(format="GIF", save_all=True, append_images=frames[1:],
+                duration=[frame_ms] * (len(frames) - 1) + [last_ms], loop=0)
+
+
 def save_gif(frames: Sequence[Image.Image], path: Path, *, frame_ms: int = FRAME_MS, last_ms: int = LAST_MS,
              atomic: bool = True) -> Path:
     """An animated GIF; `atomic=False` when `path` is already a temporary name of an atomic write."""
     frames = [f.convert("RGB") for f in frames]
-    options = dict(format="GIF", save_all=True, append_images=frames[1:],
-                   duration=[frame_ms] * (len(frames) - 1) + [last_ms], loop=0)
-    if not atomic:  # `path` may also be a file object
+    options = _gif_options(frames, frame_ms, last_ms)
+    if not atomic:
         frames[0].save(path, **options)
         return path
     return save_image_atomic(frames[0], path, **options)
@@ -94,5 +98,6 @@ def progress_gif(run_dir: Path) -> Path | None:
 def gif_bytes(frames: Sequence[Image.Image]) -> bytes:
     """The animation save_gif writes, in memory: for a page that must not write into the run it shows."""
     buf = io.BytesIO()
-    save_gif(frames, buf, atomic=False)
+    rgb = [f.convert("RGB") for f in frames]
+    rgb[0].save(buf, **_gif_options(rgb, FRAME_MS, LAST_MS))
     return buf.getvalue()

@@ -18,7 +18,7 @@ from torch import nn
 from ganforge import __version__
 from ganforge.errors import GanforgeError, UsageError
 from ganforge.outputs.files import atomic_output
-from ganforge.outputs.model import Model, latents, labels_for
+from ganforge.outputs.model import Model, labels_for, latents
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4
@@ -44,14 +44,19 @@ class _Unconditional(_Conditional):
 
 def metadata(model: Model) -> dict[str, str]:
     return {"ganforge_version": __version__, "arch": model.cfg.model.arch, "z_dim": str(model.z_dim),
-            "num_classes": str(model.num_classes), "class_names": json.dumps(model.class_names if model.conditional else []),
+            "num_classes": str(model.num_classes),
+            "class_names": json.dumps(model.class_names if model.conditional else []),
             "image_shape": json.dumps([model.channels, model.size, model.size]), "value_range": "[-1, 1]",
             "source": f"{model.checkpoint}"}
 
 
 def example_inputs(model: Model, batch: int, seed: int = 1234) -> tuple[torch.Tensor, ...]:
     z = latents(seed, 0, batch, model.z_dim)
-    return (z,) if not model.conditional else (z, labels_for(model, 0, batch, None))
+    if not model.conditional:
+        return (z,)
+    labels = labels_for(model, 0, batch, None)
+    assert labels is not None  # a conditional model always draws labels
+    return z, labels
 
 
 def _export_onnx(module: nn.Module, model: Model, path: Path) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from ganforge import fsutil
 from ganforge.errors import UsageError
@@ -40,7 +41,8 @@ def _holds_run(folder: Path, what: str) -> Optional[Path]:
         seen += len(dirs) + 1
         if seen > MAX_SCAN:
             raise UsageError(f"{what} {folder}: a folder of more than {MAX_SCAN:,} entries; "
-                             f"it may hold run folders, so it is not replaced: remove it yourself or choose another path")
+                             "it may hold run folders, so it is not replaced: remove it yourself or choose "
+                             "another path")
     return None
 
 

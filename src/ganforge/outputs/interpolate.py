@@ -16,7 +16,7 @@ import torch
 from ganforge.errors import UsageError
 from ganforge.outputs.animation import grid_image, save_gif
 from ganforge.outputs.files import atomic_output, check_output
-from ganforge.outputs.model import Model, generate, latents, check_seed, check_truncation, to_uint8
+from ganforge.outputs.model import Model, check_seed, check_truncation, generate, latents, to_uint8
 
 MAX_STEPS, MAX_ROWS = 64, 32
 

@@ -8,14 +8,16 @@ T (the truncation trick of Brock et al. 2019, BigGAN, section 3.1).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ganforge import __version__
+from ganforge.config import Config
 from ganforge.errors import CheckpointError, ConfigError, UsageError
 
 CHUNK = 256          # latents per seeded chunk and images per forward pass
@@ -27,7 +29,7 @@ MAX_SEED = 2**63 - 1
 class Model:
     run_dir: Path
     checkpoint: Path
-    cfg: object
+    cfg: Config
     g: torch.nn.Module
     step: int
     version: str
@@ -105,7 +107,8 @@ def check_belongs(run_dir: Path, path: Path, cfg) -> None:
             if (k.startswith("model.") and k not in SAFE_MODEL_KEYS) or k in ("data.name", "data.size")}
     if diff:
         what = ", ".join(f"{k}={new!r} (the run's: {old!r})" for k, (old, new) in list(diff.items())[:3])
-        raise CheckpointError(f"{path}: a {cfg.model.arch} checkpoint of another model ({what}); {run_dir} cannot use it: "
+        raise CheckpointError(f"{path}: a {cfg.model.arch} checkpoint of another model ({what}); "
+                              f"{run_dir} cannot use it: "
                               f"move it out of the run or pass a checkpoint of this run")
 
 

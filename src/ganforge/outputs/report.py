@@ -23,7 +23,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        color: #222; background: #fff; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; margin-top: 2em; }
-table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+table { border-collapse: collapse; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 th { background: #f3f3f3; } .muted { color: #666; font-size: 0.9em; }
 .pair { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
 figure { margin: 0; } figcaption { color: #555; font-size: 0.85em; }

@@ -32,7 +32,8 @@ class RunInfo:
         p, last = self.progress, self.last
         if p:  # a run stopped inside an epoch flushed its log at that step: the log knows the fraction
             partial = p.get("pos") and last.get("step") == p["step"]
-            return {"epochs": round(last["epoch"], 2) if partial else p["epoch"], "steps": p["step"], "kimg": p["images"] / 1000, "time_s": round(p["wall"])}
+            return {"epochs": round(last["epoch"], 2) if partial else p["epoch"], "steps": p["step"],
+                    "kimg": p["images"] / 1000, "time_s": round(p["wall"])}
         return {"epochs": round(last["epoch"], 2) if last else None, "steps": last.get("step"),
                 "kimg": last.get("kimg"), "time_s": round(last["time"]) if "time" in last else None}
 
@@ -120,7 +121,8 @@ def read_run(run_dir: Path | str) -> RunInfo:
         try:
             record = json.loads(eval_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{eval_path}: not valid UTF-8 JSON; move it away or run ganforge eval again") from None
+            raise CheckpointError(f"{eval_path}: not valid UTF-8 JSON; move it away or run ganforge eval "
+                                  "again") from None
         if not isinstance(record, dict) or not isinstance(record.get("metrics", {}), dict) or not all(
                 isinstance(m, dict) for m in record.get("metrics", {}).values()):
             raise CheckpointError(f"{eval_path}: not an evaluation record (expected an object whose \"metrics\" "

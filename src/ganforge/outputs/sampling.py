@@ -69,7 +69,7 @@ def write_pngs(model: Model, n: int, tmp: Path, *, seed: int, k: Optional[int], 
             writer.writerows(rows)
 
 
-def _stream_array(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...]):
+def _stream_array(zf: zipfile.ZipFile, name: str, dtype: np.typing.DTypeLike, shape: tuple[int, ...]):
     f = zf.open(name + ".npy", "w", force_zip64=True)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_1_0(f, header)

@@ -16,8 +16,18 @@ from typing import Optional
 
 from ganforge.errors import UsageError
 from ganforge.outputs.animation import grid_image
-from ganforge.outputs.model import (Model, check_class, check_count, check_seed, check_truncation, describe_classes,
-                                    generate, labels_for, latents, to_uint8)
+from ganforge.outputs.model import (
+    Model,
+    check_class,
+    check_count,
+    check_seed,
+    check_truncation,
+    describe_classes,
+    generate,
+    labels_for,
+    latents,
+    to_uint8,
+)
 
 MAX_COUNT = 64
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
@@ -44,7 +54,7 @@ def prune_downloads(out_dir: Path, keep: int = KEEP_DOWNLOADS) -> None:
 
 def make_images(model: Model, *, seed, count, label, truncation, max_count: int = MAX_COUNT, out_dir: Path):
     """(grid PIL image, PNG path for download, caption) for the page's inputs; UsageError for a bad value."""
-    seed = check_seed(_int(seed, "seed") if seed not in (None, "") else 0, "seed")
+    seed = check_seed(_int(seed, "seed") or 0, "seed")  # an empty box is seed 0
     count = check_count(_int(count, "count") or 0, limit=max_count, what="count")
     k = check_class(model, _int(label, "class"), "class")
     t = check_truncation(float(truncation) if truncation not in (None, "", 0) else None, "truncation")
