@@ -1,4 +1,4 @@
-"""Every code block in README.md and docs/*.md runs, so the documentation cannot drift from the code.
+"""Every code block in README.md, CONTRIBUTING.md and docs/*.md runs, so the documentation cannot drift from the code.
 
 The rules, which are all the test changes about what a reader would copy:
 
@@ -40,10 +40,11 @@ from docs_stand_ins import TINY_N, install
 
 from conftest import REPO, SHARED_DATA
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\S*)\s*$")
 MARKER = re.compile(r"^<!-- docs-test: (before): (.+?) -->$")
-LINKED = ["src", "scripts", "tests", "benchmarks", "docs", "Makefile", "pyproject.toml", "README.md"]
+LINKED = ["src", "scripts", "tests", "benchmarks", "docs", "Makefile", "pyproject.toml", "README.md",
+          "CONTRIBUTING.md"]
 
 
 @dataclass
