@@ -38,7 +38,8 @@ def test_shrink_replaces_values_and_refuses_a_missing_name():
 
 def test_committed_notebook_has_no_outputs():
     nb = _read()
-    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
     assert not dirty, f"code cells {dirty} of {NOTEBOOK.name} hold outputs or execution counts: clear them"
     (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert params.cell_type == "code"
