@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     split, n, metrics, note = PROTOCOLS.get(cfg.data.name, PROTOCOLS["folder"])
     metrics = args.metrics or metrics + (CONDITIONAL_METRICS if cfg.model.conditional else "")
     n = args.n or n
-    eval_json = run_dir / "quality-eval.json"
-    eval_cmd = [*exe, "eval", str(run_dir), "--split", split, "--n", str(n), "--metrics", metrics,
-                "--json", str(eval_json)]
+    # `ganforge eval` files its record under the run's eval/ (never replaced) and copies the latest to
+    # eval.json, which is read back here.
+    eval_json = run_dir / "eval.json"
+    eval_cmd = [*exe, "eval", str(run_dir), "--split", split, "--n", str(n), "--metrics", metrics]
     if args.data_dir:
         eval_cmd += ["--data-dir", args.data_dir]
     eval_seconds = _run(eval_cmd)
