@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.quality import PROTOCOLS, main
 
 
+@pytest.mark.slow  # trains and evaluates twice
 def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
     record_file = tmp_path / "demo.json"
     main(["--preset", "demo", "--epochs", "1", "--set", "data.limit=256", "--set", "model.g_channels=8",

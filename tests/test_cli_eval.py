@@ -129,6 +129,7 @@ def test_unwritable_cache_trains_and_evaluates_with_one_warning(tmp_path, monkey
     assert len(warned) == 1 and "going on without a cache" in warned[0], warned
 
 
+@pytest.mark.slow  # the real Inception on a CPU
 def test_default_metrics_on_a_real_run_with_the_real_inception(runs, capsys):
     """Issue 15: only computable metrics by default (the rest named once), an estimate, KID without a fake spread.
     A tiny N keeps the real Inception network (about 15 images/s on 2 cores) to a few seconds."""

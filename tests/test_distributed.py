@@ -17,6 +17,8 @@ import torch
 from conftest import EXACT, TINY, run_cli
 from ganforge.checkpoint import list_checkpoints, load_checkpoint
 
+pytestmark = pytest.mark.slow  # every test starts torchrun
+
 DDP_TINY = [*TINY, "--device", "cpu", "--batch-size", "16", "--set", "threads=1"]  # 8 steps an epoch on 2 ranks
 
 

@@ -191,6 +191,7 @@ def _run_bash(root: Path, script: str, what: str) -> None:
 _SKIPPED_DOCS: set[Path] = set()  # documents with a block skipped for want of ../shared/data
 
 
+@pytest.mark.slow  # each block runs real commands, seconds to minutes
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.id)
 def test_block_runs(block, scratch_roots):
     # A document's blocks are a walk-through: later ones use the runs earlier ones made.

@@ -96,6 +96,7 @@ def test_folder_lock_is_exclusive_and_released(tmp_path):
     fsutil.FolderLock(tmp_path).release()
 
 
+@pytest.mark.slow  # two trainings as subprocesses
 def test_second_training_in_one_run_folder_is_refused_until_the_first_dies(tmp_path, capsys):
     run = tmp_path / "r"
     first = subprocess.Popen([sys.executable, "-m", "ganforge", "train", "--out", str(tmp_path), "--name", "r",

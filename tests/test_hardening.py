@@ -518,6 +518,7 @@ def test_serve_keeps_only_the_newest_downloads_and_never_rounds(trained_runs, tm
     assert set(numbers) == {"seed", "count", "class"} and all(b.precision is None for b in numbers.values())
 
 
+@pytest.mark.slow  # starts the Gradio server
 def test_serve_removes_its_files_at_exit_and_refuses_uploads(trained_runs, tmp_path):
     import socket
     import subprocess

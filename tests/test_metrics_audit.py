@@ -95,6 +95,7 @@ def copier(mnist):
     return run_audit(mnist, drawing_from(mnist[0]), num_classes=10)
 
 
+@pytest.mark.slow  # trains a classifier
 def test_generator_returning_training_images_is_flagged_as_memorising(copier):
     for space in ("classifier", "pixels"):
         m = copier["memorisation"][space]

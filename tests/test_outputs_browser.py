@@ -21,6 +21,8 @@ from PIL import Image
 from ganforge.cli import main
 from ganforge.outputs.animation import grid_size
 
+pytestmark = pytest.mark.slow  # a real browser
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 

@@ -44,6 +44,7 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # subprocesses killed and resumed
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     flags = [*TINY, "--epochs", "2", "--set", "train.checkpoint_steps=3"]
     assert run_cli(["train", "--out", str(tmp_path), "--name", "whole", *flags]) == 0
@@ -61,6 +62,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # subprocesses signalled
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_checkpoints_and_exits_with_the_signal_code(tmp_path, signum, code):
     """A stopped run must not look finished to `train && eval`: 128 + the signal, as a shell reports it."""
