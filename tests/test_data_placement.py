@@ -292,3 +292,27 @@ def test_a_folder_with_an_unreadable_file_still_caches_the_readable_ones(tmp_pat
     data = load_dataset(name="folder", root=root, size=20)
     assert len(data) == 5 and data.mapped
     assert torch.equal(load_dataset(name="folder", root=root, size=20).images, data.images)
+
+
+class _TwoRanks:
+    """Dist's gather as two ranks would answer it: this rank's verdict and the other's."""
+
+    def __init__(self, other):
+        self.other = other
+
+    def gather(self, obj):
+        return [obj, self.other]
+
+
+def test_every_rank_takes_the_same_placement_and_the_same_refusal(monkeypatch):
+    from ganforge.training.setup import agreed_placement
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(batches_module, "device_memory", lambda device: (8 * 2**30, 16 * 2**30))
+    kw = dict(share=0.5, nbytes=2**30, device=cuda)
+    assert agreed_placement("auto", **kw, dist=_TwoRanks(("ok", "device"))) == "device"
+    # The other rank's GPU had too little free memory for a copy: both keep the set in host memory.
+    assert agreed_placement("auto", **kw, dist=_TwoRanks(("ok", "host"))) == "host"
+    # The other rank refused a forced copy: this rank, whose GPU had room, stops with the same line.
+    with pytest.raises(ConfigError, match="rank 1 refused"):
+        agreed_placement("device", **kw, dist=_TwoRanks(("error", "rank 1 refused")))

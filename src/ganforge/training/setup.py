@@ -66,8 +66,23 @@ def load_data(cfg: Config, *, device: torch.device, dist: Dist) -> tuple[ImageDa
     memory, so a forced device copy that cannot fit is refused first."""
     d = cfg.data
     data = load_dataset(name=d.name, root=d.root, split=d.split, size=d.size, limit=d.limit, dist=dist)
-    placement = choose_placement(d.placement, share=d.device_share, nbytes=data.images.nbytes, device=device)
-    return data, placement
+    return data, agreed_placement(d.placement, share=d.device_share, nbytes=data.images.nbytes, device=device,
+                                  dist=dist)
+
+
+def agreed_placement(setting: str, *, share: float, nbytes: int, device: torch.device, dist: Dist) -> str:
+    """One placement for every rank: each rank judges its own device's free memory, then all take the
+    first refusal (so no rank goes on to wait for one that stopped) or, when any rank keeps the set in
+    host memory, host (batches are bit-identical either way, so this only costs speed)."""
+    try:
+        mine = ("ok", choose_placement(setting, share=share, nbytes=nbytes, device=device))
+    except ConfigError as exc:
+        mine = ("error", str(exc))
+    verdicts = dist.gather(mine)
+    refusal = next((text for kind, text in verdicts if kind == "error"), None)
+    if refusal is not None:
+        raise ConfigError(refusal)
+    return "host" if any(text == "host" for _, text in verdicts) else "device"
 
 
 def data_info(data: ImageData) -> dict:
