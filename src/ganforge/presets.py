@@ -206,7 +206,7 @@ def _demo_scaled(description: str, data: DataConfig, *, epochs: int, conditional
     )
 
 
-@register_preset("mnist-best", source="issue 11: the demo's DCGAN recipe (seed 004, batch 32, Adam 1.2e-3) at 128 "
+@register_preset("mnist-best", source="the demo's DCGAN recipe (seed 004, batch 32, Adam 1.2e-3) at 128 "
                                       "channels with an EMA (Karras et al. 2020) and LR decay; 30 CPU minutes")
 def mnist_best() -> Config:
     # Without labels the 64-channel model stalls (docs/quality.md): classifier FID 19.3 after 2
@@ -215,7 +215,7 @@ def mnist_best() -> Config:
                         DataConfig(name="mnist"), epochs=10, conditional=False, width=128)
 
 
-@register_preset("mnist-cgan-best", source="issue 11: seed 001's conditional GAN with the demo's recipe (projection "
+@register_preset("mnist-cgan-best", source="seed 001's conditional GAN with the demo's recipe (projection "
                                            "D, Miyato et al. 2018) at 64 channels, EMA, LR decay; 30 CPU minutes")
 def mnist_cgan_best() -> Config:
     # 12 epochs (740 s on one core) scored Inception FID 7.65; at N = 2,000 the checkpoint after 6
@@ -225,7 +225,7 @@ def mnist_cgan_best() -> Config:
                         DataConfig(name="mnist"), epochs=24, conditional=True)
 
 
-@register_preset("fashion-mnist-best", source="issue 11: mnist-best's recipe on Fashion-MNIST (Xiao et al. 2017); "
+@register_preset("fashion-mnist-best", source="mnist-best's recipe on Fashion-MNIST (Xiao et al. 2017); "
                                               "30 CPU minutes")
 def fashion_mnist_best() -> Config:
     return _demo_scaled("the best unconditional Fashion-MNIST model in 30 CPU minutes",
@@ -233,14 +233,14 @@ def fashion_mnist_best() -> Config:
                         epochs=10, conditional=False, width=128)
 
 
-@register_preset("cifar10-best", source="issue 11: DCGAN G with an EMA, spectrally normalised hinge D (Miyato et "
+@register_preset("cifar10-best", source="DCGAN G with an EMA, spectrally normalised hinge D (Miyato et "
                                         "al. 2018), DiffAugment (Zhao et al. 2020), flips; 60 CPU minutes")
 def cifar10_best() -> Config:
     return _best("the best unconditional CIFAR-10 model in 60 CPU minutes: FID vs the training set",
                  DataConfig(name="cifar10", hflip=True), epochs=30, augment="translation,color")
 
 
-@register_preset("cifar10-cgan-best", source="issue 11: cifar10-best made class-conditional (projection D of "
+@register_preset("cifar10-cgan-best", source="cifar10-best made class-conditional (projection D of "
                                              "Miyato et al. 2018, with Koyama)")
 def cifar10_cgan_best() -> Config:
     return _best("the best class-conditional CIFAR-10 model in 60 CPU minutes", DataConfig(name="cifar10", hflip=True),

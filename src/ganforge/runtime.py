@@ -189,10 +189,6 @@ def pick_device(name: str, *, local_rank: int = 0, world_size: int = 1) -> torch
     return device
 
 
-def init_distributed(device_name: str) -> Dist:
-    return Dist.from_env(device_name)
-
-
 def cpu_threads(requested: int = 0, *, world_size: int = 1) -> int:
     """`requested`, or this process's share of the cores it may run on (ranks split them evenly)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from ganforge.metrics import history
     from ganforge.metrics.definitions import choose
     from ganforge.metrics.evaluation import context, evaluate, make_generate
-    from ganforge.runtime import cpu_threads, init_distributed, pick_device
+    from ganforge.runtime import Dist, cpu_threads, pick_device
 
     keys = _check_args(args)
     run_dir = Path(args.run_dir)
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run_dir}: no such run folder")
     json_path = Path(args.json) if args.json else None
     history.check_output(run_dir, json_path, overwrite=getattr(args, "overwrite", False))
-    dist = init_distributed(args.device)  # under torchrun the ranks split the feature extraction
+    dist = Dist.from_env(args.device)  # under torchrun the ranks split the feature extraction
     try:
         device = pick_device(args.device, local_rank=dist.local_rank)
     except ConfigError as e:
