@@ -490,16 +490,22 @@ def test_report_never_writes_into_the_run(trained_runs, tmp_path, capsys):
     assert snapshot(run) == before and "data:image/gif;base64," in (tmp_path / "page.html").read_text()
 
 
-@pytest.mark.parametrize("command", ["sample", "eval --json", "audit", "export"])
-def test_a_state_file_missing_an_entry_is_one_line(trained_runs, tmp_path, capsys, command):
+def _copy_without_state_entry(source, run, key: str):
+    """A copy of the run whose every checkpoint's state file lacks `key` (a hand-edited or foreign file)."""
     import torch
 
-    run = tmp_path / "gan"
-    shutil.copytree(trained_runs["gan"], run)
+    shutil.copytree(source, run)
     for ckpt in (run / "checkpoints").glob("step_*"):
         state = torch.load(ckpt / "state.pt", weights_only=True)
-        del state["data_shape"]
+        del state[key]
         torch.save(state, ckpt / "state.pt")
+    return run
+
+
+@pytest.mark.parametrize("command", ["sample", "eval --json", "audit", "export"])
+def test_a_state_file_missing_an_entry_is_one_line(trained_runs, tmp_path, capsys, command):
+
+    run = _copy_without_state_entry(trained_runs["gan"], tmp_path / "gan", "data_shape")
     code, err = _cli(COMMANDS[command](run, tmp_path / "out.pt", []), capsys)
     assert code == 2 and _one_line(err) and "data_shape" in err, err
 
@@ -556,14 +562,8 @@ def test_serve_removes_its_files_at_exit_and_refuses_uploads(trained_runs, tmp_p
 
 
 def test_resume_of_a_state_file_without_progress_is_one_line(trained_runs, tmp_path, capsys):
-    import torch
 
-    run = tmp_path / "gan"
-    shutil.copytree(trained_runs["gan"], run)
-    for ckpt in (run / "checkpoints").glob("step_*"):
-        state = torch.load(ckpt / "state.pt", weights_only=True)
-        del state["progress"]
-        torch.save(state, ckpt / "state.pt")
+    run = _copy_without_state_entry(trained_runs["gan"], tmp_path / "gan", "progress")
     before = snapshot(run)
     code, err = _cli(["train", "--resume", run], capsys)
     assert code == 2 and _one_line(err) and "progress" in err, err

@@ -86,6 +86,12 @@ LOSSES.register("rpgan")(GANLoss(
 ))
 
 
+def penalises_gradients(cfg: LossConfig) -> bool:
+    """Whether D's input gradients are penalised per sample (WGAN-GP, R1, R2): batch norm in D, which
+    mixes the samples of a batch, cannot be used with them."""
+    return LOSSES.get(cfg.name).gradient_penalty or cfg.r1_gamma > 0 or cfg.r2_gamma > 0
+
+
 def zero_centred_penalty(outputs: torch.Tensor, inputs: torch.Tensor,
                          scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
     """E[||grad_x D(x)||^2] over the batch: R1 when `inputs` are real, R2 when generated.

@@ -52,11 +52,6 @@ class Objective:
         self.d_fast = d_fast if d_fast is not None else D
         self._report = torch.sigmoid if self.loss.probabilities else (lambda v: v)
 
-    @property
-    def penalises_gradients(self) -> bool:
-        """Whether D's input gradients are penalised per sample (which batch norm in D would mix)."""
-        return self.loss.gradient_penalty or self.cfg.r1_gamma > 0 or self.cfg.r2_gamma > 0
-
     def discriminator(self, x: torch.Tensor, labels: Optional[torch.Tensor], *, step: int, train_g: bool,
                       scaler: torch.amp.GradScaler) -> DiscriminatorStep:
         """D's loss on a real batch and a fresh generated one (drawn with the real batch's labels, so

@@ -24,7 +24,7 @@ from ganforge.config import Config
 from ganforge.data import DATASETS, ImageData, load_dataset
 from ganforge.data.batches import DeviceBatches, choose_placement, describe
 from ganforge.errors import ConfigError
-from ganforge.losses import LOSSES
+from ganforge.losses import LOSSES, penalises_gradients
 from ganforge.models import build_models
 from ganforge.optim import OPTIMIZERS
 from ganforge.runtime import Dist
@@ -52,9 +52,9 @@ def check_models(cfg: Config, *, device: torch.device, half_precision: bool, dis
     classes = spec.num_classes or (2 if cfg.model.conditional and spec.name == "folder" else 0)
     est = capacity.check_start(cfg, channels=spec.channels, size=cfg.data.size or spec.native_size,
                                num_classes=classes, device=device, dist=dist, half_precision=half_precision)
-    loss = LOSSES.get(cfg.loss.name)
-    if (loss.gradient_penalty or cfg.loss.r1_gamma > 0 or cfg.loss.r2_gamma > 0) and est.d_batch_norm:
-        what = f"loss.name={cfg.loss.name}" if loss.gradient_penalty else "loss.r1_gamma / loss.r2_gamma"
+    if penalises_gradients(cfg.loss) and est.d_batch_norm:
+        what = (f"loss.name={cfg.loss.name}" if LOSSES.get(cfg.loss.name).gradient_penalty
+                else "loss.r1_gamma / loss.r2_gamma")
         raise ConfigError(f"{what} penalises each sample's gradient, which batch norm in the "
                           f"discriminator mixes across the batch; use model.d_norm=layer or none "
                           f"(architecture {cfg.model.arch!r})")
