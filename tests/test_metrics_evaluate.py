@@ -288,3 +288,14 @@ def test_progress_bar_on_a_terminal_shows_the_time_to_go(capsys):
     err = capsys.readouterr().err
     assert "eval 100%" in err and "to go" in err and bar.elapsed > 0
     assert [duration(s) for s in (4.4, 185, 4320)] == ["4 s", "3 min 05 s", "1 h 12 min"]
+
+
+def test_progress_log_reaches_100_percent_when_the_batch_costs_sum_short_of_the_total(monkeypatch):
+    monkeypatch.setattr("ganforge.metrics.progress.QUIET_BELOW", 0.0)
+    from ganforge.metrics.progress import Progress
+
+    lines = []
+    progress = Progress(100 * 0.1, log=lines.append, tty=False)  # 10.0
+    for _ in range(100):
+        progress.advance(0.1)  # summed: 9.99999999999998
+    assert lines[-1].startswith("  eval 100% done") and len(lines) == 10

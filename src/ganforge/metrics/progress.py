@@ -46,6 +46,10 @@ class Progress:
 
     def advance(self, cost: float) -> None:
         self.done = min(self.total, self.done + cost)
+        if self.done > self.total * (1 - 1e-9):
+            # the batch costs summed in floating point can fall short of their precomputed total
+            # by an ulp; without snapping, the last 10 % line would never come
+            self.done = self.total
         if self.bar is not None:
             self.bar.update(round(self.done - self.bar.n, 3))
         elif self.log is not None and 10 * self.done >= self.next_line * self.total:
