@@ -24,7 +24,7 @@ import torch
 from benchmarks.gpu_check_speed import CPU_SHRINK, speed_case
 from benchmarks.train_speed import make_trainer
 from ganforge import precision
-from ganforge.checkpoint import list_checkpoints, load_checkpoint
+from ganforge.training.checkpoint import list_checkpoints, load_checkpoint
 
 PRESET = "cifar10-best"
 TIMEOUT_S = 600  # one subprocess; far above what any of them needs, so only a hang reaches it

@@ -40,7 +40,7 @@ def poison_d_loss(monkeypatch, call: int) -> None:
     """Make the bce discriminator loss NaN once, at its `call`-th evaluation (D's weights then turn NaN)."""
     import dataclasses
 
-    from ganforge import losses
+    from ganforge.training import losses
 
     bce, calls = losses.LOSSES.get("bce"), {"n": 0}
 

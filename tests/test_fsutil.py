@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from ganforge.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from ganforge.errors import CheckpointError
+from ganforge.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 
 def test_temporary_names_are_unique_per_writer(tmp_path):

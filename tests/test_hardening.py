@@ -173,7 +173,7 @@ def _one_line(err: str) -> bool:
 
 
 def test_a_folder_named_like_a_checkpoint_is_not_one_and_pruning_keeps_the_new_checkpoint(trained_runs, tmp_path):
-    from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
+    from ganforge.training.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 
     run = tmp_path / "gan"
     shutil.copytree(trained_runs["gan"], run)

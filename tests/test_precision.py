@@ -13,9 +13,9 @@ from conftest import run_cli
 from ganforge import precision
 from ganforge.config import preset_config, save_yaml
 from ganforge.errors import ConfigError
-from ganforge.losses import gradient_penalty, zero_centred_penalty
 from ganforge.runtime import Dist
 from ganforge.training.loop import Trainer
+from ganforge.training.losses import gradient_penalty, zero_centred_penalty
 
 CUDA = torch.device("cuda", 0)
 

@@ -118,8 +118,8 @@ def test_an_operation_without_a_deterministic_kernel_stops_the_run_in_one_line(t
 WORKER = textwrap.dedent('''
     import json, os, sys
     import torch, torch.distributed as dist
-    from ganforge.gradsync import GradSync
-    from ganforge.losses import zero_centred_penalty
+    from ganforge.training.gradsync import GradSync
+    from ganforge.training.losses import zero_centred_penalty
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -53,7 +53,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "bce"               # a key of ganforge.losses.LOSSES
+    name: str = "bce"               # a key of ganforge.training.losses.LOSSES
     label_smoothing: float = 0.0    # one-sided: real targets become 1 - label_smoothing
     label_flip: float = 0.0         # probability of swapping real and fake targets for D
     gp_weight: float = 10.0         # gradient-penalty weight (wgan-gp)

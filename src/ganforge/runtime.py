@@ -1,7 +1,7 @@
 """Where and how a run executes: device, threads, determinism, torchrun ranks and RNG state.
 
 Under `torchrun`, RANK / WORLD_SIZE / LOCAL_RANK are set; we join the process group (NCCL on
-CUDA, gloo on CPU); `ganforge.gradsync` averages the gradients while backward runs.
+CUDA, gloo on CPU); `ganforge.training.gradsync` averages the gradients while backward runs.
 """
 
 from __future__ import annotations

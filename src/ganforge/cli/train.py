@@ -113,8 +113,8 @@ def _value(cfg, key: str):
 
 def _finished(run_dir: Path, cfg) -> Optional[str]:
     """Why a run has nothing left to do under `cfg` (its epochs or max_steps reached), or None."""
-    from ganforge.checkpoint import load_latest
     from ganforge.errors import CheckpointError
+    from ganforge.training.checkpoint import load_latest
 
     path, _, state = load_latest(run_dir)
     progress, t = state.get("progress"), cfg.train
@@ -145,7 +145,7 @@ def _drop_new_run_dir(run_dir: Path, lock, *, auto: bool) -> None:
 
 def _resume_dir(args: argparse.Namespace, out: Path) -> Optional[Path]:
     """The run folder to continue, or None for a new run."""
-    from ganforge.resume import latest_run_dir
+    from ganforge.training.resume import latest_run_dir
 
     if not args.resume:
         return None
@@ -186,8 +186,8 @@ def _refuse_checkpointless_run(run_dir: Path) -> None:
 
 def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optional[Path]):
     """Rank 0: the run folder (created for a new run) and its lock, held until the process ends."""
-    from ganforge.artifacts import unique_run_dir
     from ganforge.fsutil import FolderBusy, FolderLock, clean_stale
+    from ganforge.training.artifacts import unique_run_dir
 
     name = args.name or cfg.preset
     if resume_dir is not None:

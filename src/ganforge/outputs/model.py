@@ -59,7 +59,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 def load_model(run_dir: Path | str, *, checkpoint: Optional[Path | str] = None,
                device: str | torch.device = "cpu") -> Model:
     """The run's latest (or the given) checkpoint as a `Model`; every problem is one CheckpointError line."""
-    from ganforge.checkpoint import generator_from_state, load_checkpoint, load_latest
+    from ganforge.training.checkpoint import generator_from_state, load_checkpoint, load_latest
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -98,7 +98,7 @@ def check_belongs(run_dir: Path, path: Path, cfg) -> None:
     """Refuse a checkpoint that another model wrote: whether found under the run's checkpoints/ or
     given as --checkpoint, its architecture (what a resume may not change) and data must be the run's."""
     from ganforge.config import load_yaml
-    from ganforge.resume import SAFE_MODEL_KEYS, changes
+    from ganforge.training.resume import SAFE_MODEL_KEYS, changes
 
     own_config = Path(run_dir) / "config.yaml"
     if not own_config.is_file():

@@ -134,7 +134,7 @@ def read_run(run_dir: Path | str) -> RunInfo:
 def _latest_progress(run_dir: Path) -> dict[str, Any]:
     import torch
 
-    from ganforge.checkpoint import STATE, list_checkpoints
+    from ganforge.training.checkpoint import STATE, list_checkpoints
 
     for path in reversed(list_checkpoints(run_dir)):
         try:

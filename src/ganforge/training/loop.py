@@ -28,19 +28,19 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ganforge import __version__, capacity, precision, runtime
-from ganforge.artifacts import RunLog, Snapshots
-from ganforge.augment import DiffAugment
-from ganforge.checkpoint import load_latest, pack, save_checkpoint, unpack
+from ganforge import __version__, precision, runtime
 from ganforge.config import Config, save_yaml, to_dict
-from ganforge.ema import ema_beta, update_ema
 from ganforge.errors import CheckpointError, ConfigError, GanforgeError
-from ganforge.gradsync import GradSync
-from ganforge.health import HealthGuard, Verdict
-from ganforge.optim import learning_rates, set_learning_rate
-from ganforge.resume import check_ranks, check_resume
-from ganforge.training import setup
+from ganforge.training import capacity, setup
+from ganforge.training.artifacts import RunLog, Snapshots
+from ganforge.training.augment import DiffAugment
+from ganforge.training.checkpoint import load_latest, pack, save_checkpoint, unpack
+from ganforge.training.ema import ema_beta, update_ema
+from ganforge.training.gradsync import GradSync
+from ganforge.training.health import HealthGuard, Verdict
 from ganforge.training.objective import Objective
+from ganforge.training.optim import learning_rates, set_learning_rate
+from ganforge.training.resume import check_ranks, check_resume
 from ganforge.training.window import Window
 
 
@@ -74,7 +74,7 @@ class Trainer:
     def __init__(self, cfg: Config, *, run_dir: Path, resume: bool = False, dist: runtime.Dist = runtime.Dist(),
                  allow_changes: bool = False):
         self.cfg, self.run_dir, self.dist, t = cfg, run_dir, dist, cfg.train
-        # What a resume changes is checked before anything is built or written (ganforge.resume).
+        # What a resume changes is checked before anything is built or written (ganforge.training.resume).
         self.changes = check_resume(run_dir, cfg, allow=allow_changes) if resume else {}
         self.device, self.precision = setup.device_and_precision(cfg, dist)
         augment = DiffAugment(cfg.data.augment)
@@ -96,7 +96,7 @@ class Trainer:
         self.real_preview = data.images[: t.num_samples].clone()  # a small copy, not a view pinning the set
         self.evaluator = None
         if t.eval_every or t.eval_every_kimg:  # on every rank: under torchrun they share the work
-            from ganforge.periodic_eval import PeriodicEval
+            from ganforge.training.periodic_eval import PeriodicEval
 
             self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes,
                                           shard=dist.enabled)
@@ -198,7 +198,7 @@ class Trainer:
 
     def _train(self) -> Verdict:
         """The loop. Every decision (roll back, stop, checkpoint, evaluate) is taken here, at a window end."""
-        from ganforge.progress import EpochBar
+        from ganforge.training.progress import EpochBar
 
         t, p, steps = self.cfg.train, self.progress, self.batches.steps_per_epoch
         if t.max_steps and p.step >= t.max_steps:  # a resume past --max-steps: not one step more
@@ -311,7 +311,7 @@ class Trainer:
 
     def _evaluate(self, *, epoch: float) -> None:
         """Log a small-N evaluation; keep the checkpoint with the lowest FID as checkpoints/best."""
-        from ganforge.periodic_eval import improved
+        from ganforge.training.periodic_eval import improved
 
         # Evaluations fall due only where train.eval_every(_kimg) made an evaluator (see its callers).
         assert self.evaluator is not None

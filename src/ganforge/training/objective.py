@@ -1,6 +1,6 @@
 """One training step's objective: D's loss with its penalties, then G's loss (the loop only optimizes).
 
-The loss itself is an entry of `ganforge.losses.LOSSES` (pure functions of logits); this object adds
+The loss itself is an entry of `ganforge.training.losses.LOSSES` (pure functions of logits); this object adds
 what every loss shares, so that the trainer's step is a few lines (as stylegan2-ada keeps its
 objective in training/loss.py):
 
@@ -27,10 +27,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ganforge.augment import DiffAugment
 from ganforge.config import LossConfig
-from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
 from ganforge.precision import Precision
+from ganforge.training.augment import DiffAugment
+from ganforge.training.losses import LOSSES, gradient_penalty, zero_centred_penalty
 
 
 @dataclass

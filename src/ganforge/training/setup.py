@@ -19,15 +19,16 @@ from typing import Optional, cast
 import torch
 from torch import nn
 
-from ganforge import capacity, precision, runtime
+from ganforge import precision, runtime
 from ganforge.config import Config
 from ganforge.data import DATASETS, ImageData, load_dataset
 from ganforge.data.batches import DeviceBatches, choose_placement, describe
 from ganforge.errors import ConfigError
-from ganforge.losses import LOSSES, penalises_gradients
 from ganforge.models import build_models
-from ganforge.optim import OPTIMIZERS
 from ganforge.runtime import Dist
+from ganforge.training import capacity
+from ganforge.training.losses import LOSSES, penalises_gradients
+from ganforge.training.optim import OPTIMIZERS
 
 
 def device_and_precision(cfg: Config, dist: Dist) -> tuple[torch.device, precision.Precision]:

@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SHARED_DATA
 from ganforge.data import load_dataset
 from ganforge.data.cache import cached_files
 from ganforge.data.cifar import CLASSES
 from ganforge.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ganforge.config import ModelConfig, from_dict, preset_config, to_dict
-from ganforge.ema import ema_beta, update_ema
 from ganforge.errors import ConfigError
 from ganforge.models import MODELS, build_models
+from ganforge.training.ema import ema_beta, update_ema
 
 
 def _top_singular_values(module: nn.Module) -> list[float]:
@@ -145,7 +145,7 @@ def test_every_architecture_trains_with_r1_r2_and_rpgan(arch, tmp_path):
 
 def test_learning_rates_are_a_pure_function_of_progress():
     from ganforge.config import OptimConfig
-    from ganforge.optim import learning_rates
+    from ganforge.training.optim import learning_rates
 
     cfg = OptimConfig(lr_g=1e-3, lr_d=2e-3, lr_decay_start=0.5, lr_decay_to=0.1)
     assert learning_rates(cfg, step=10, total_steps=40) == (1e-3, 2e-3)

@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ganforge.checkpoint import newest_checkpoint_time
 from ganforge.config import Config, load_yaml, to_dict
 from ganforge.errors import ConfigError
+from ganforge.training.checkpoint import newest_checkpoint_time
 
 SAFE_MODEL_KEYS = ("model.ema_kimg", "model.ema_rampup", "model.dropout")  # no tensor shape depends on them
 FIXED = ("preset", "optim.name")                     # plus every other model.* key

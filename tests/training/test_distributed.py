@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import EXACT, TINY, run_cli
-from ganforge.checkpoint import list_checkpoints, load_checkpoint
+from ganforge.training.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow  # every test starts torchrun
 

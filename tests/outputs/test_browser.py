@@ -12,18 +12,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO
 from ganforge.cli import main
 from ganforge.outputs.animation import grid_size
 
 pytestmark = pytest.mark.slow  # a real browser
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = REPO / "src"
 
 
 def free_port() -> int:

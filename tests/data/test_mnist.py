@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from ganforge.data import dataset_table, load_dataset
 from ganforge.data.cache import cached_files
 from ganforge.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 @pytest.fixture(autouse=True)

@@ -1,15 +1,13 @@
 """The shipped MNIST / Fashion-MNIST classifiers on real test images."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from ganforge.errors import GanforgeError
 from ganforge.metrics import functional as mf
 from ganforge.metrics.classifier import DigitClassifier, ShippedClassifier, to_classifier_input, weights_path
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _test_split(name: str):

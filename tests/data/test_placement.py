@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXACT, TINY, run_cli
-from ganforge.checkpoint import list_checkpoints, load_checkpoint
+from conftest import EXACT, REPO, TINY, run_cli
 from ganforge.config import Config, validate
 from ganforge.data import batches as batches_module
 from ganforge.data import load_dataset
 from ganforge.data.batches import DeviceBatches, choose_placement
 from ganforge.data.cache import FORMAT, cached_files
 from ganforge.errors import ConfigError
+from ganforge.training.checkpoint import list_checkpoints, load_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -223,7 +223,7 @@ def torchrun_counting(tmp_path: Path, root: Path, cache: Path) -> tuple[subproce
            "--set", "model.conditional=false", "--set", "model.g_channels=8", "--set", "model.d_channels=8",
            "--set", "threads=1"]
     env = {**__import__("os").environ, "GANFORGE_CACHE": str(cache), "DECODES": str(decodes),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+           "PYTHONPATH": str(REPO / "src")}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     return result, (decodes.read_text().splitlines() if decodes.is_file() else [])
 

@@ -131,7 +131,7 @@ def _step_activations(cfg: Config, g: nn.Module, d: nn.Module, channels: int, si
         d_bytes = forward_bytes(d, torch.empty(b, channels, size, size, device="meta"), labels)
     except (NotImplementedError, RuntimeError):  # an op without a meta kernel: state only
         return None
-    from ganforge.losses import LOSSES
+    from ganforge.training.losses import LOSSES
 
     d_passes = 2 + (2 if LOSSES.get(cfg.loss.name).gradient_penalty else 0)
     d_passes += (cfg.loss.r1_gamma > 0) + (cfg.loss.r2_gamma > 0)

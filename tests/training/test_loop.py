@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_generator
 from ganforge.config import preset_config
 from ganforge.runtime import Dist
+from ganforge.training.checkpoint import list_checkpoints, load_checkpoint, load_generator
 from ganforge.training.loop import Trainer
 
 

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from conftest import TINY, poison_d_loss, run_cli
-from ganforge.checkpoint import list_checkpoints, load_checkpoint
-from ganforge.health import HealthGuard
+from ganforge.training.checkpoint import list_checkpoints, load_checkpoint
+from ganforge.training.health import HealthGuard
 
 
 def records(run):
@@ -47,7 +47,7 @@ def test_nan_at_an_epoch_end_rolls_back_instead_of_escaping(tmp_path, monkeypatc
 
 
 def test_a_full_disk_while_logging_is_one_line_and_keeps_the_checkpoints(tmp_path, monkeypatch, capsys):
-    from ganforge.artifacts import RunLog
+    from ganforge.training.artifacts import RunLog
 
     real_log, calls = RunLog.log, {"n": 0}
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from conftest import SHARED_DATA
 from ganforge.data import load_dataset
 from ganforge.data.cache import cached_files
 from ganforge.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 @pytest.fixture(autouse=True)

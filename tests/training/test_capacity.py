@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from conftest import TINY, run_cli
-from ganforge import capacity
 from ganforge.config import apply_override, preset_config
 from ganforge.data import DATASETS
 from ganforge.errors import ConfigError
 from ganforge.models import MODELS, build_models
-from ganforge.optim import OPTIMIZERS
+from ganforge.training import capacity
+from ganforge.training.optim import OPTIMIZERS
 
 GIB = 2**30
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from ganforge.checkpoint import list_checkpoints, save_checkpoint
 from ganforge.config import preset_config
+from ganforge.training.checkpoint import list_checkpoints, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_unwritable_out_is_one_line_before_any_work(tmp_path, capsys):
 
 
 def test_resume_auto_picks_the_newest_checkpoint_not_the_newest_folder(tmp_path):
-    from ganforge.resume import latest_run_dir
+    from ganforge.training.resume import latest_run_dir
 
     for name, written in (("r", 2000), ("r-2", 1000)):
         path = save_checkpoint(tmp_path / name, step=5, tensors={"w": torch.zeros(1)}, state={}, keep=1)

@@ -16,9 +16,9 @@ import torch
 
 from conftest import EXACT, poison_d_loss, run_cli
 from conftest import TINY as TINY_256
-from ganforge.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from ganforge.config import preset_config
 from ganforge.errors import CheckpointError
+from ganforge.training.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 
 TINY = [*TINY_256, "--set", "data.limit=512", *EXACT]  # 16 steps an epoch
 
@@ -125,7 +125,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ganforge.checkpoint.save_file", no_space)
+    monkeypatch.setattr("ganforge.training.checkpoint.save_file", no_space)
     with pytest.raises(CheckpointError,
                        match=r"\(No space left on device\); the previous checkpoint step_000000001 is intact"):
         save_checkpoint(tmp_path, step=2, tensors={"w": torch.zeros(3)}, state={"a": 2}, keep=1)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ganforge.config import LossConfig
-from ganforge.losses import LOSSES, gradient_penalty, zero_centred_penalty
+from ganforge.training.losses import LOSSES, gradient_penalty, zero_centred_penalty
 
 
 def test_bce_with_smoothing_matches_formula():

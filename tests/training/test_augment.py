@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ganforge.augment import AUGMENTS, DiffAugment, parse_policy
 from ganforge.errors import ConfigError
+from ganforge.training.augment import AUGMENTS, DiffAugment, parse_policy
 
 POLICY = "translation,cutout,color"
 
