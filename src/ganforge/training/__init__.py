@@ -13,7 +13,8 @@ The loop reads top to bottom in `loop.Trainer`; around it:
   window         the log window: step values summed on the device, averaged across ranks at its end
   periodic_eval  FID (or the classifier FID) every few thousand images, the best checkpoint kept
   artifacts      fixed-latent grids, loss curves and the run folder
-  checkpoint     the full training state, written atomically; pack and unpack mirror each other
+  state          the full training state (progress in images, modules, optimizers, RNG): save and restore
+  checkpoint     checkpoint files, written atomically and verified; pack and unpack mirror each other
   resume         what may change on a resume and what may not
   capacity       the memory a run will need, estimated on the meta device before anything is allocated
   progress       a tqdm bar per epoch on a terminal, plain log lines in files and CI

@@ -8,6 +8,8 @@ step, so one setting carries over between machines. Early in training the half-l
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -27,3 +29,11 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
+
+
+def follow(ema: Optional[nn.Module], model: nn.Module, *, images: int, images_seen: int, half_life_kimg: float,
+           rampup: float) -> None:
+    """One EMA update after a G step that covered `images` real images (nothing without an EMA)."""
+    if ema is not None:
+        beta = ema_beta(images, half_life_kimg * 1000, images_seen=images_seen + images, rampup=rampup)
+        update_ema(ema, model, beta)

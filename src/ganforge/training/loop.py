@@ -1,4 +1,5 @@
-"""The training loop: dataset -> (G, D) -> objective -> optimizers, with artifacts and checkpoints.
+"""The training loop: dataset -> (G, D) -> objective -> optimizers, with artifacts and checkpoints
+(the full state a checkpoint holds, and how it is written and read back, is `state.TrainState`).
 
 Progress is counted in steps (one discriminator batch each) and in real images seen. One step
 draws fresh noise, updates D, and every `n_critic`-th step updates G (Goodfellow et al. 2014,
@@ -16,44 +17,30 @@ So every rank rolls back, stops and checkpoints at the same step.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ganforge import __version__, precision, runtime
-from ganforge.config import Config, save_yaml, to_dict
-from ganforge.errors import CheckpointError, ConfigError, GanforgeError
+from ganforge import precision, runtime
+from ganforge.config import Config, save_yaml
+from ganforge.errors import ConfigError, GanforgeError
 from ganforge.training import capacity, setup
 from ganforge.training.artifacts import RunLog, Snapshots
 from ganforge.training.augment import DiffAugment
-from ganforge.training.checkpoint import load_latest, pack, save_checkpoint, unpack
-from ganforge.training.ema import ema_beta, update_ema
+from ganforge.training.ema import follow
 from ganforge.training.gradsync import GradSync
 from ganforge.training.health import HealthGuard, Verdict
 from ganforge.training.objective import Objective
 from ganforge.training.optim import learning_rates, set_learning_rate
-from ganforge.training.resume import check_ranks, check_resume
+from ganforge.training.resume import check_resume
+from ganforge.training.state import TrainState
 from ganforge.training.window import Window
-
-
-@dataclass
-class Progress:
-    step: int = 0          # discriminator steps done
-    epoch: int = 0         # current epoch, 0-based
-    pos: int = 0           # batches of the current epoch already done
-    images: int = 0        # real images seen, all ranks together
-    wall: float = 0.0      # training seconds so far
-    rollbacks: int = 0     # health-guard rollbacks so far
-    lr_scale: float = 1.0  # product of the rollback learning-rate cuts
-    best_fid: float = math.inf  # lowest FID of the periodic evaluations (checkpoints/best)
 
 
 class TrainingDiverged(GanforgeError):
@@ -68,6 +55,19 @@ def frozen(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.requires_grad_(True)
+
+
+def one_line(exc: BaseException, *, device: torch.device, run_dir: Path) -> Optional[GanforgeError]:
+    """The one-line error for a failure the user can act on, or None for a bug (re-raised as it is)."""
+    if isinstance(exc, OSError):  # a full or vanished disk while logging: the last checkpoint is intact
+        return GanforgeError(f"cannot write {exc.filename or run_dir} ({exc.strerror or exc}); free space, "
+                             f"then resume from the last checkpoint: --resume {run_dir}")
+    op = runtime.nondeterministic_op(exc)  # deterministic mode refused an operation: say which
+    if op is None:
+        return None
+    return ConfigError(f"train.deterministic=true: {op} has no deterministic implementation on {device.type}; "
+                       f"set train.deterministic=false, or change the setting that uses it (e.g. "
+                       f"model.upsample=nearest)")
 
 
 class Trainer:
@@ -94,15 +94,13 @@ class Trainer:
         self.batches = setup.batches(cfg, data, placement, device=self.device, dist=dist,
                                      num_classes=self.num_classes)
         self.real_preview = data.images[: t.num_samples].clone()  # a small copy, not a view pinning the set
-        self.evaluator = None
-        if t.eval_every or t.eval_every_kimg:  # on every rank: under torchrun they share the work
-            from ganforge.training.periodic_eval import PeriodicEval
-
-            self.evaluator = PeriodicEval(cfg, data, device=self.device, num_classes=self.num_classes,
-                                          shard=dist.enabled)
+        self.evaluator = setup.evaluator(cfg, data, device=self.device, dist=dist, num_classes=self.num_classes)
         self.snapshots = Snapshots(seed=t.seed, z_dim=cfg.model.z_dim, num_samples=t.num_samples,
                                    num_classes=self.num_classes, device=self.device)
-        self.progress, self.resumed = Progress(), resume
+        self.state = TrainState(cfg, run_dir, self.data_info, {"G": self.G, "D": self.D, "G_ema": self.G_ema},
+                                {"opt_g": self.opt_g, "opt_d": self.opt_d, "scaler_g": self.scaler_g,
+                                 "scaler_d": self.scaler_d}, optional=("scaler_g", "scaler_d"))
+        self.progress, self.resumed = self.state.progress, resume
         if resume:
             self._restore(allow_changes=allow_changes)
         else:  # different noise on every rank, after the shared weight initialisation
@@ -134,7 +132,9 @@ class Trainer:
             with frozen(self.D):  # G's loss needs D's input gradients only, not its weight gradients
                 loss_g = self.objective.generator(x, labels, d.fake)
                 self._optimize(loss_g, self.opt_g, self.scaler_g, self.sync_g)
-            self._update_ema(images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic)
+            m = cfg.model  # the EMA's half-life is in real images: those D saw since G's last step
+            follow(self.G_ema, self.G, images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic,
+                   images_seen=p.images, half_life_kimg=m.ema_kimg, rampup=m.ema_rampup)
             self.window.add(loss_g=loss_g)
             if self.precision.scaled:
                 self.window.add(loss_scale_g=precision.scale_tensor(self.scaler_g))
@@ -153,13 +153,6 @@ class Trainer:
         scaler.step(opt)
         scaler.update()
 
-    def _update_ema(self, *, images: int) -> None:
-        if self.G_ema is None:
-            return
-        m = self.cfg.model
-        beta = ema_beta(images, m.ema_kimg * 1000, images_seen=self.progress.images + images, rampup=m.ema_rampup)
-        update_ema(self.G_ema, self.G, beta)
-
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> Verdict:
@@ -176,16 +169,8 @@ class Trainer:
         self._start_wall = time.perf_counter() - p.wall
         try:
             verdict = self._train()
-        except RuntimeError as exc:  # deterministic mode refused an operation: say which, in one line
-            op = runtime.nondeterministic_op(exc)
-            if op is None:
-                raise
-            raise ConfigError(f"train.deterministic=true: {op} has no deterministic implementation on "
-                              f"{self.device.type}; set train.deterministic=false, or change the setting that "
-                              f"uses it (e.g. model.upsample=nearest)") from None
-        except OSError as exc:  # a full or vanished disk while logging: the last checkpoint is intact
-            raise GanforgeError(f"cannot write {exc.filename or self.run_dir} ({exc.strerror or exc}); free space, "
-                                f"then resume from the last checkpoint: --resume {self.run_dir}") from None
+        except (RuntimeError, OSError) as exc:
+            raise (one_line(exc, device=self.device, run_dir=self.run_dir) or exc) from None
         finally:
             self._signals.uninstall()
             if self.log is not None:
@@ -268,7 +253,7 @@ class Trainer:
         save = save or stop or last or (epoch_done and p.epoch % t.checkpoint_every == 0)
         if epoch_done or save:  # per-rank batch-norm statistics, averaged before samples and checkpoints
             # G_ema is None without EMA (model.ema_kimg=0): there is nothing of it to average.
-            self.dist.average_buffers(*(m for m in self._models().values() if m is not None))
+            self.dist.average_buffers(*(m for m in self.state.modules.values() if m is not None))
         if self.log is not None and (stop or last or (epoch_done and p.epoch % t.sample_every == 0)):
             self._write_samples(self.log)
         if save:
@@ -325,44 +310,11 @@ class Trainer:
             p.best_fid = best
             self.save(name="best")
 
-    def _models(self) -> dict[str, Optional[nn.Module]]:
-        return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
-
-    def _stateful(self) -> dict:
-        return {"opt_g": self.opt_g, "opt_d": self.opt_d, "scaler_g": self.scaler_g, "scaler_d": self.scaler_d}
-
     def save(self, *, name: Optional[str] = None) -> Optional[Path]:
         """Checkpoint the full state (rank 0 writes); called only after a healthy window end."""
-        # Every rank's RNG goes into the checkpoint so a resumed multi-rank run draws the same noise.
-        if name is None:  # a named copy (best) is written by rank 0 alone
-            states = self.dist.gather(runtime.rng_state(self.device))
-            self.dist.check_in_sync(self.G, self.D)
-        else:
-            states = [runtime.rng_state(self.device)]
-        if not self.dist.is_main:
-            return None
-        tensors, state = pack(self._models(), self._stateful(), progress=vars(self.progress).copy(), rng=states,
-                              config=to_dict(self.cfg), data_shape=self.data_info, version=__version__,
-                              world_size=self.dist.world_size)
-        return save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
-                               keep=self.cfg.train.keep_checkpoints, name=name)
+        return self.state.save(self.dist, self.device, name=name)
 
     def _restore(self, *, allow_changes: bool) -> Path:
-        """Load the newest good checkpoint into what `save` packed (refusing one that does not fit)."""
-        path, tensors, state = load_latest(self.run_dir, map_location="cpu")
-        if state.get("data_shape", {}).get("size") != self.data_info["size"]:
-            raise ConfigError(f"{path}: checkpoint is for {state['data_shape']} images; the data now gives "
-                              f"{self.data_info['size']}x{self.data_info['size']}")
-        self.changes.update(check_ranks(state, self.dist.world_size, run_dir=self.run_dir, allow=allow_changes))
-        try:  # the loss scalers are absent from checkpoints written before fp16 training
-            unpack(tensors, state, self._models(), self._stateful(), fallback={"G_ema": "G"},
-                   optional=("scaler_g", "scaler_d"))
-        except (RuntimeError, ValueError, KeyError) as exc:
-            detail = next((s.strip() for s in str(exc).splitlines()[1:] if s.strip()), str(exc))
-            raise CheckpointError(f"{path}: does not fit this model and optimizer ({detail})") from None
-        vars(self.progress).update(vars(Progress(**state["progress"])))  # in place: the loop holds it
-        runtime.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)], self.device)
-        if self.dist.is_main:
-            print(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch + 1}, "
-                  f"{self.progress.images / 1000:.1f} kimg", flush=True)
+        path, changes = self.state.restore(self.dist, self.device, allow_changes=allow_changes)
+        self.changes.update(changes)
         return path

@@ -141,3 +141,13 @@ def batches(cfg: Config, data: ImageData, placement: str, *, device: torch.devic
     if dist.is_main:
         print(describe(data.images, placement=placement, device=device, mapped=data.mapped), flush=True)
     return out
+
+
+def evaluator(cfg: Config, data: ImageData, *, device: torch.device, dist: Dist, num_classes: int):
+    """The periodic evaluation, or None when train.eval_every(_kimg) asks for none. Built on every rank:
+    under torchrun the ranks share its generated images."""
+    if not (cfg.train.eval_every or cfg.train.eval_every_kimg):
+        return None
+    from ganforge.training.periodic_eval import PeriodicEval  # the feature networks load only when asked
+
+    return PeriodicEval(cfg, data, device=device, num_classes=num_classes, shard=dist.enabled)
