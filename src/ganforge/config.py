@@ -30,6 +30,9 @@ class DataConfig:
     limit: int = 0                  # use only the first N images; 0 uses all
     hflip: bool = False             # random horizontal flips, drawn batch-wise on the device
     augment: str = ""               # DiffAugment policy for every image D sees: translation,cutout,color
+    ada_target: float = 0.0         # adaptive augmentation (ADA): apply `augment` with a probability p tuned
+                                    # so that E[sign(D(real))] stays near this target (0.6 in the paper); 0 = off
+    ada_kimg: float = 100.0         # ADA: thousands of real images for p to go from 0 to 1 at the fastest
     placement: str = "auto"         # where the uint8 training set lives: auto | device | host (data/batches.py)
     device_share: float = 0.5       # auto: copy the set onto a CUDA device only within this share of its memory
 
@@ -254,6 +257,10 @@ def validate(cfg: Config) -> None:
         (cfg.data.placement in ("auto", "device", "host"),
          f"data.placement={cfg.data.placement!r}: choose auto, device or host"),
         (0.0 < cfg.data.device_share <= 1.0, f"data.device_share={cfg.data.device_share:g}: must be in (0, 1]"),
+        (0.0 <= cfg.data.ada_target < 1.0, f"data.ada_target={cfg.data.ada_target:g}: must be in [0, 1) (0 = off)"),
+        (cfg.data.ada_kimg > 0, f"data.ada_kimg={cfg.data.ada_kimg:g}: must be positive"),
+        (not cfg.data.ada_target or cfg.data.augment.strip(),
+         "data.ada_target needs operations to apply: set data.augment (e.g. translation,cutout,color)"),
     ]
     for ok, message in checks:
         if not ok:

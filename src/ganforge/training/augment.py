@@ -14,6 +14,7 @@ torch RNG (which checkpoints save), works on [B, C, H, W] images in [-1, 1], and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 
@@ -83,16 +84,25 @@ def parse_policy(policy: str) -> list[Op]:
 
 
 class DiffAugment:
-    """Callable applying a policy's operations in order; the identity for an empty policy."""
+    """Callable applying a policy's operations in order; the identity for an empty policy.
 
-    def __init__(self, policy: str):
+    With `p` (a 0-d tensor, set by adaptive augmentation) each operation is applied to each image with
+    that probability instead of always. The operation is computed for the whole batch either way, so
+    the random draws, and with them exact resume, do not depend on p."""
+
+    def __init__(self, policy: str, p: Optional[torch.Tensor] = None):
         self.policy = policy
         self.ops = parse_policy(policy)
+        self.p = p
 
     def __bool__(self) -> bool:
         return bool(self.ops)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         for op in self.ops:
-            x = op(x)
+            if self.p is None:
+                x = op(x)
+            else:
+                keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.p  # [B, 1, 1, 1]
+                x = torch.where(keep, x, op(x))
         return x

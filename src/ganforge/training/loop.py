@@ -32,7 +32,6 @@ from ganforge.config import Config, save_yaml
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.training import capacity, setup
 from ganforge.training.artifacts import RunLog, Snapshots
-from ganforge.training.augment import DiffAugment
 from ganforge.training.ema import follow
 from ganforge.training.gradsync import GradSync
 from ganforge.training.health import HealthGuard, Verdict
@@ -77,7 +76,7 @@ class Trainer:
         # What a resume changes is checked before anything is built or written (ganforge.training.resume).
         self.changes = check_resume(run_dir, cfg, allow=allow_changes) if resume else {}
         self.device, self.precision = setup.device_and_precision(cfg, dist)
-        augment = DiffAugment(cfg.data.augment)
+        augment, self.ada = setup.augmentation(cfg, self.device)
         self.estimate = setup.check_models(cfg, device=self.device, dist=dist,
                                            half_precision=self.precision.dtype is not None)
         data, placement = setup.load_data(cfg, device=self.device, dist=dist)
@@ -99,7 +98,8 @@ class Trainer:
                                    num_classes=self.num_classes, device=self.device)
         self.state = TrainState(cfg, run_dir, self.data_info, {"G": self.G, "D": self.D, "G_ema": self.G_ema},
                                 {"opt_g": self.opt_g, "opt_d": self.opt_d, "scaler_g": self.scaler_g,
-                                 "scaler_d": self.scaler_d}, optional=("scaler_g", "scaler_d"))
+                                 "scaler_d": self.scaler_d, **({"ada": self.ada} if self.ada else {})},
+                                optional=("scaler_g", "scaler_d", "ada"))
         self.progress, self.resumed = self.state.progress, resume
         if resume:
             self._restore(allow_changes=allow_changes)
@@ -128,6 +128,8 @@ class Trainer:
         d = self.objective.discriminator(x, labels, step=p.step, train_g=train_g, scaler=self.scaler_d)
         self._optimize(d.loss, self.opt_d, self.scaler_d, self.sync_d)
         self.window.add(loss_d=d.loss, d_real=d.d_real, d_fake=d.d_fake)
+        if self.ada is not None:
+            self.window.add(augment_rt=d.real_sign)
         if train_g:
             with frozen(self.D):  # G's loss needs D's input gradients only, not its weight gradients
                 loss_g = self.objective.generator(x, labels, d.fake)
@@ -236,6 +238,8 @@ class Trainer:
         # A window without a generator step (n_critic > 1) has no G loss: the key is absent, not NaN.
         record = {"step": p.step, "epoch": p.epoch + p.pos / self.batches.steps_per_epoch, "kimg": p.images / 1000,
                   **means, "images_per_s": self.window.rate(p.images), "time": p.wall}
+        if self.ada is not None:  # every rank moves p alike: r_t is the window's all-reduced mean
+            record["augment_p"] = self.ada.update(record.get("augment_rt"), images=p.images)
         rollback = self.health.check(record, weights_finite=not bad_weights)
         if self.log is not None and not rollback:
             self.log.log(record)

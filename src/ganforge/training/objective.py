@@ -39,6 +39,7 @@ class DiscriminatorStep:
     fake: torch.Tensor             # G(z), with its graph when G learns this step
     d_real: torch.Tensor           # D(x) as logged: a probability or a critic value, detached
     d_fake: torch.Tensor
+    real_sign: torch.Tensor        # mean sign of D's raw outputs on the real batch: ADA's overfitting measure
 
 
 class Objective:
@@ -74,7 +75,7 @@ class Objective:
         if self.loss.gradient_penalty:
             loss = loss + c.gp_weight * gradient_penalty(self.D, x, fake.detach().float(), labels, scaler=scaler)
         return DiscriminatorStep(loss, fake, self._report(d_real.detach()).mean(),
-                                 self._report(d_fake.detach()).mean())
+                                 self._report(d_fake.detach()).mean(), torch.sign(d_real.detach()).mean())
 
     def generator(self, x: torch.Tensor, labels: Optional[torch.Tensor], fake: torch.Tensor) -> torch.Tensor:
         """G's loss for the images of this step's D phase, judged by the just-updated D. Call it with D's

@@ -27,6 +27,8 @@ from ganforge.errors import ConfigError
 from ganforge.models import build_models
 from ganforge.runtime import Dist
 from ganforge.training import capacity
+from ganforge.training.ada import AdaptiveAugment
+from ganforge.training.augment import DiffAugment
 from ganforge.training.losses import LOSSES, penalises_gradients
 from ganforge.training.optim import OPTIMIZERS
 
@@ -130,6 +132,12 @@ def fast_modules(cfg: Config, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn
     # torch.compile of a module returns a module (an OptimizedModule); its stubs say only "a callable".
     return (cast(nn.Module, torch.compile(G, backend=t.compile_backend)),
             cast(nn.Module, torch.compile(D, backend=t.compile_backend)))
+
+
+def augmentation(cfg: Config, device: torch.device) -> tuple[DiffAugment, Optional[AdaptiveAugment]]:
+    """DiffAugment of the configured policy; with data.ada_target, applied with ADA's tuned probability."""
+    ada = AdaptiveAugment(cfg.data, device=device) if AdaptiveAugment.enabled(cfg.data) else None
+    return DiffAugment(cfg.data.augment, p=None if ada is None else ada.p), ada
 
 
 def batches(cfg: Config, data: ImageData, placement: str, *, device: torch.device, dist: Dist,
