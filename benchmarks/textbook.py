@@ -46,6 +46,46 @@ def textbook_loader(images: torch.Tensor, *, size: int, batch_size: int, workers
                       persistent_workers=workers > 0)
 
 
+class TextbookLoop:
+    """pytorch/examples' dcgan step: BCE on sigmoid outputs, Adam 2e-4 (0.5, 0.999), D on real then on
+    fake, G through the same fake batch, and the per-step `.item()` of every tutorial's print."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, loader: DataLoader, *, z_dim: int,
+                 device: torch.device = torch.device("cpu")):
+        self.G, self.D, self.loader, self.z_dim, self.device = G, D, loader, z_dim, device
+        self.criterion = nn.BCELoss()
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self._it = iter(loader)
+
+    def _next(self) -> torch.Tensor:
+        try:
+            real, _ = next(self._it)
+        except StopIteration:  # an epoch ended: reshuffle, as a `for epoch` loop around the loader does
+            self._it = iter(self.loader)
+            real, _ = next(self._it)
+        return real
+
+    def step(self) -> int:
+        """One D and one G step; the images it used."""
+        real = self._next().to(self.device)
+        b, dev = real.size(0), self.device
+        ones, zeros = torch.full((b,), 1.0, device=dev), torch.full((b,), 0.0, device=dev)
+        self.D.zero_grad()
+        err_real = self.criterion(torch.sigmoid(self.D(real)), ones)
+        err_real.backward()
+        fake = self.G(torch.randn(b, self.z_dim, device=dev))
+        err_fake = self.criterion(torch.sigmoid(self.D(fake.detach())), zeros)
+        err_fake.backward()
+        self.opt_d.step()
+        self.G.zero_grad()
+        err_g = self.criterion(torch.sigmoid(self.D(fake)), ones)
+        err_g.backward()
+        self.opt_g.step()
+        _ = (err_real + err_fake).item(), err_g.item()  # the per-step print of every tutorial
+        return b
+
+
 def textbook_images_per_s(G: nn.Module, D: nn.Module, loader: DataLoader, *, z_dim: int, warmup: int,
                           windows: int, window_steps: int, device: torch.device = torch.device("cpu")) -> list[float]:
     """Images/s of each timed window of the textbook loop (after `warmup` steps).
@@ -53,41 +93,12 @@ def textbook_images_per_s(G: nn.Module, D: nn.Module, loader: DataLoader, *, z_d
     On a GPU it does what pytorch/examples' dcgan does: CPU workers decode and collate, each batch
     is copied to the device, and the per-step `.item()` waits for the GPU.
     """
-    criterion = nn.BCELoss()
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    rates, it = [], iter(loader)
-
-    def batches():
-        nonlocal it
-        while True:
-            try:
-                yield next(it)
-            except StopIteration:
-                it = iter(loader)
-
-    stream = batches()
+    loop, rates = TextbookLoop(G, D, loader, z_dim=z_dim, device=device), []
     for w in range(-1, windows):
         steps = warmup if w < 0 else window_steps
         start, seen = time.perf_counter(), 0
         for _ in range(steps):
-            real, _ = next(stream)
-            real = real.to(device)
-            b = real.size(0)
-            ones, zeros = torch.full((b,), 1.0, device=device), torch.full((b,), 0.0, device=device)
-            D.zero_grad()
-            err_real = criterion(torch.sigmoid(D(real)), ones)
-            err_real.backward()
-            fake = G(torch.randn(b, z_dim, device=device))
-            err_fake = criterion(torch.sigmoid(D(fake.detach())), zeros)
-            err_fake.backward()
-            opt_d.step()
-            G.zero_grad()
-            err_g = criterion(torch.sigmoid(D(fake)), ones)
-            err_g.backward()
-            opt_g.step()
-            _ = (err_real + err_fake).item(), err_g.item()  # the per-step print of every tutorial
-            seen += b
+            seen += loop.step()
         if w >= 0:
             rates.append(seen / (time.perf_counter() - start))
     return rates
