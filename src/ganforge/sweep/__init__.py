@@ -61,7 +61,7 @@ def default_storage(out: Path) -> str:
 
 def check_out(out: Path, study: Optional[str], storage: Optional[str]) -> tuple[str, str]:
     """Refuse an --out that is not a new or empty folder nor this sweep's own; the study name and storage."""
-    from ganforge.outputs.files import check_output, check_protected
+    from ganforge.outputs.files import check_protected, check_writable
 
     out = Path(out)
     mark = out / MARK
@@ -83,8 +83,11 @@ def check_out(out: Path, study: Optional[str], storage: Optional[str]) -> tuple[
         if first is not None:
             raise ConfigError(f"--out {out}: holds files that are not a sweep's ({first}, ...); give a new or empty "
                               f"folder")
-    else:
-        check_output(out)
+    else:  # created with its parents, as `ganforge train --out` is, where the nearest existing one is writable
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+        check_writable(parent, "--out", out)
     url = storage or default_storage(out)
     return study or out.resolve().name, url
 
@@ -101,7 +104,7 @@ def start(*, out: Path, base: Config, space_file: Path, trials: int, workers: in
     space = load_space(space_file, base)
     threads = threads_per_trial(workers, base.train.threads)
     name, url = check_out(out, study, storage)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     try:
         lock = FolderLock(out)
     except FolderBusy as exc:
