@@ -45,7 +45,7 @@ def seconds(trial: FrozenTrial) -> Optional[float]:
 def row(trial: FrozenTrial, again: dict[int, int]) -> dict[str, Any]:
     steps = sorted(trial.intermediate_values)
     note = trial.user_attrs.get("note", "")
-    if trial.number in again:
+    if trial.number in again and trial.state != TrialState.WAITING:
         note = (note + "; " if note else "") + f"asked again as trial {again[trial.number]}"
     return {"trial": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
             "kimg": steps[-1] / 1000 if steps else None, "seconds": seconds(trial),
@@ -74,10 +74,10 @@ def _short(value: Any) -> str:
 
 def format_table(rows: list[dict[str, Any]], metric: str) -> str:
     keys = sorted({k for r in rows for k in r["params"]})
-    head = ["trial", "state", metric, "kimg", "s", *keys]
+    head = ["trial", "state", metric, "kimg", "s", *keys, "note"]
     body = [[str(r["trial"]), r["state"].lower(), "-" if r["value"] is None else f"{r['value']:.4g}",
              "-" if r["kimg"] is None else f"{r['kimg']:g}", "-" if r["seconds"] is None else f"{r['seconds']:.0f}",
-             *("-" if k not in r["params"] else _short(r["params"][k]) for k in keys)] for r in rows]
+             *("-" if k not in r["params"] else _short(r["params"][k]) for k in keys), r["note"]] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
 

@@ -60,7 +60,8 @@ class Sweep:
 
     def run(self) -> int:
         """Run the trials left; write trials.jsonl and best.yaml. The exit code: 0, or 130/143 when stopped."""
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from here instead
+        # One line per trial comes from here instead; Optuna's own logs a failed trial with a traceback.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         save_yaml(self.base, self.out / "base.yaml")
         study = self.study = open_study(open_storage(self.storage), self.study_name, self.space,
                                         started_with(self.space, to_dict(self.base)))
@@ -104,6 +105,9 @@ class Sweep:
         if self.stopping:
             self._interrupted(trial, "the sweep was stopping before it started")
         run_dir = self.out / "trials" / f"trial-{trial.number:04d}"
+        # A trial asked again inherits its first try's attributes (Optuna's retry copies them): its own note.
+        again = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("retry_history", [])[-1:]
+        trial.set_user_attr("note", f"the values of trial {again[0]} again" if again else "")
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("host", os.uname().nodename)
         if run_dir.exists():
