@@ -76,6 +76,12 @@ def tiny(argv: list[str]) -> list[str]:
         max_steps = [argv[i + 1] for i, w in enumerate(argv[:-1]) if w == "--max-steps"]
         argv = _replace_value(argv, ("--max-steps",), str(min([steps, *map(int, max_steps)])), add=True)
         return argv + TINY_TRAIN if _starts_a_run(argv) else argv
+    if argv[0] == "sweep":
+        trials = min(2, int(_value_of(argv, "--trials") or 2))
+        workers = min(os.cpu_count() or 1, int(_value_of(argv, "--workers") or 1))
+        argv = _replace_value(argv, ("--trials",), str(trials), add=True)
+        argv = _replace_value(argv, ("--workers",), str(workers), add=True)
+        return argv + TINY_TRAIN + ["--set", "train.epochs=1", "--set", "train.threads=1"]
     if argv[0] == "audit":
         return [_newest_checkpoint(w) if "/checkpoints/" in w else w
                 for w in _replace_value(argv, ("--n",), AUDIT_N, add=True)]

@@ -12,7 +12,9 @@ The rules, which are all the test changes about what a reader would copy:
 - A bash block runs whole under `bash -e`, with stand-ins first on its PATH
   (tests/docs_stand_ins.py) that run the real thing after one documented change each:
   `ganforge train` stops after 2 steps (4 with --resume) and, for a new run (`--resume auto`
-  included, when its run has no checkpoint yet), uses 256 images and 8-channel networks; `ganforge eval`
+  included, when its run has no checkpoint yet), uses 256 images and 8-channel networks; `ganforge sweep`
+  runs at most 2 trials, at most as many at once as there are cores, each of one epoch on the same 256
+  images and 8-channel networks with one thread; `ganforge eval`
   generates and compares 16 images, and a `checkpoints/step_N` that does not exist means that run's
   newest checkpoint; `ganforge audit` generates 64 images, with the same checkpoint rule; `torchrun`
   starts 2 CPU processes on this one machine (one node, a local rendezvous); `make T` runs
@@ -225,3 +227,6 @@ def test_the_stand_in_rules_shrink_as_documented(tmp_path):
     assert tiny(["eval", "r", "--n-gen=50000", "--checkpoint", wanted]) == [
         "eval", "r", "--n-gen", "16", "--checkpoint", str(tmp_path / "checkpoints" / "step_000000002"),
         "--n-real", "16"]
+    assert tiny(["sweep", "--space", "s.yaml", "--trials", "40", "--out", "o"]) == [
+        "sweep", "--space", "s.yaml", "--trials", "2", "--out", "o", "--workers", "1", *TINY_TRAIN,
+        "--set", "train.epochs=1", "--set", "train.threads=1"]

@@ -19,6 +19,7 @@ import pytest
 from ganforge.cli import main
 
 ROOT = os.geteuid() == 0
+SWEEP_SPACE = str(Path(__file__).parent / "sweep" / "space.yaml")
 
 # argv for a command writing to `out`; `force` adds --overwrite where the command has it.
 COMMANDS = {
@@ -31,6 +32,7 @@ COMMANDS = {
     "eval --json": lambda run, out, force: ["eval", run, "--n", "8", "--n-real", "16", "--metrics", "cls-fid",
                                             "--device", "cpu",
                                             "--json", out] + force,
+    "sweep": lambda run, out, force: ["sweep", "--space", SWEEP_SPACE, "--trials", "1", "--out", out],
 }
 
 
@@ -444,6 +446,7 @@ NUMERIC = {
     "eval": (["eval", "{run}", "--json", "{tmp}/e.json", "--metrics", "cls-fid", "--device", "cpu"],
              ["--n", "--n-real", "--seed", "--batch-size"]),
     "audit": (["audit", "{run}", "--out", "{tmp}/a", "--device", "cpu"], ["--n", "--seed"]),
+    "sweep": (["sweep", "--space", SWEEP_SPACE, "--out", "{tmp}/s", "--trials", "1"], ["--trials", "--workers"]),
 }
 VALUES = ["0", "-1", str(10**30), "2.5", "nan"]
 ACCEPTED = {("--seed", "0"), ("--truncation", "2.5")}

@@ -214,6 +214,13 @@ def all_keys(cfg: Config) -> list[str]:
     return [f"{s}.{f}" for s in SECTIONS for f in _fields(getattr(cfg, s))]
 
 
+def key_type(cfg: Config, key: str) -> tuple[str, Any]:
+    """The full name of `key` ("section.field", or a field name unique across sections) and its type;
+    an unknown or ambiguous key raises ConfigError naming the valid keys."""
+    section, name, full = _lookup(cfg, key.strip())
+    return full, typing.get_type_hints(type(section))[name]
+
+
 def apply_override(cfg: Config, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value, for example train.epochs=5")

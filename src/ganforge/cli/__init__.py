@@ -15,7 +15,7 @@ from typing import Optional
 
 from ganforge import __version__
 from ganforge.cli import audit as audit_command
-from ganforge.cli import compare, export, interpolate, report, sample, serve
+from ganforge.cli import compare, export, interpolate, report, sample, serve, sweep
 from ganforge.cli import datasets as datasets_command
 from ganforge.cli import eval as eval_command
 from ganforge.cli import presets as presets_command
@@ -40,6 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     datasets_command.add_parser(sub)
     eval_command.add_parser(sub)
     audit_command.add_parser(sub)
+    sweep.add_parser(sub)
     for command in (sample, interpolate, compare, report, serve, export):
         command.add_parser(sub)
     return parser

