@@ -3,6 +3,7 @@ trains, a study continued and one whose sweep was killed resumed, and refusals b
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -55,6 +56,11 @@ def test_a_sweep_writes_best_yaml_that_trains_and_a_continuation_adds_to_the_cou
     assert (cfg.optim.lr_g, cfg.optim.beta1) == (best["params"]["optim.lr_g"], best["params"]["optim.beta1"])
     assert cfg.data.limit == 256 and cfg.train.threads == 1 and cfg.train.eval_every == 1
     assert "no differential-privacy guarantee" in printed and f"best: trial {best['trial']}" in printed
+    table = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
+    assert [(t["trial"], t["run_dir"]) for t in table] == [(str(r["trial"]), r["run_dir"]) for r in rows]
+    assert [float(t["cls-fid"]) for t in table] == pytest.approx([r["value"] for r in rows], rel=1e-3)
+    md = (out / "trials.md").read_text().splitlines()
+    assert md[0].startswith("| trial | state | cls-fid |") and len(md) == 2 + len(rows)
 
     assert run_cli(["train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "runs"),
                     "--max-steps", "2"]) == 0

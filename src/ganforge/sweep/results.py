@@ -1,4 +1,5 @@
-"""What a sweep leaves: `trials.jsonl` (one line per trial of the study), `best.yaml` and the closing table.
+"""What a sweep leaves: the trials of the study as `trials.jsonl` (every field), `trials.csv` and
+`trials.md` (one row per trial with its run folder), `best.yaml` and the closing table.
 
 best.yaml is the base config with the best trial's values: `ganforge train --config DIR/best.yaml`
 trains it again from scratch. The closing note says what a search on private data costs: choosing
@@ -10,7 +11,9 @@ differentially private training's guarantee covers one run, not the selection am
 from __future__ import annotations
 
 import copy
+import csv
 import datetime
+import io
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -52,10 +55,17 @@ def row(trial: FrozenTrial, again: dict[int, int]) -> dict[str, Any]:
             "run_dir": trial.user_attrs.get("run_dir"), "host": trial.user_attrs.get("host"), "note": note}
 
 
-def write_table(study: optuna.Study, out: Path) -> list[dict[str, Any]]:
+def write_table(study: optuna.Study, out: Path, metric: str = "value") -> list[dict[str, Any]]:
     trials = study.get_trials(deepcopy=False)
     rows = [row(t, retried(trials)) for t in trials]
     fsutil.write_text(out / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    head, body = _cells(rows, metric, run_dir=True)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([head, *body])
+    fsutil.write_text(out / "trials.csv", text.getvalue())
+    md = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
+    fsutil.write_text(out / "trials.md", "\n".join(md) + "\n")
     return rows
 
 
@@ -72,20 +82,27 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else set_value(value)
 
 
-def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+def _cells(rows: list[dict[str, Any]], metric: str, *, run_dir: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows as text, one column per searched key (the run folder for the files)."""
     keys = sorted({k for r in rows for k in r["params"]})
-    head = ["trial", "state", metric, "kimg", "s", *keys, "note"]
+    head = ["trial", "state", metric, "kimg", "s", *keys, "note", *(["run_dir"] if run_dir else [])]
     body = [[str(r["trial"]), r["state"].lower(), "-" if r["value"] is None else f"{r['value']:.4g}",
              "-" if r["kimg"] is None else f"{r['kimg']:g}", "-" if r["seconds"] is None else f"{r['seconds']:.0f}",
-             *("-" if k not in r["params"] else _short(r["params"][k]) for k in keys), r["note"]] for r in rows]
+             *("-" if k not in r["params"] else _short(r["params"][k]) for k in keys), r["note"],
+             *([r["run_dir"] or "-"] if run_dir else [])] for r in rows]
+    return head, body
+
+
+def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+    head, body = _cells(rows, metric)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
 
 
 def write(study: optuna.Study, out: Path, base: Config, space: Space) -> str:
     """trials.jsonl and best.yaml; the table, the best trial and the privacy note, as text to print."""
-    rows = write_table(study, out)
-    lines = [format_table(rows, space.metric), f"wrote {out / 'trials.jsonl'}"]
+    rows = write_table(study, out, space.metric)
+    lines = [format_table(rows, space.metric), f"wrote {out / 'trials.jsonl'}, trials.csv and trials.md"]
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if complete:
         best = study.best_trial
