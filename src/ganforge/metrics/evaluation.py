@@ -268,21 +268,14 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
     specs = _check(metrics, n, n_real)
     t_start = time.perf_counter()
     device = torch.device(device)
-    networks, unavailable = _networks(specs, device=device, inception_path=inception_path, cache_dir=cache_dir,
-                                      classifier=classifier or dataset_key)
     group = shard and _in_process_group()
-    if group:
-        for net in networks.values():
-            net.fn = _sharded(net.fn, device=device)
-    for s in specs:
-        if s.small_n_warning and n < SMALL_N:
-            warnings.warn(f"{s.name} with n={n} < {SMALL_N} generated images is biased upward and noisy; "
-                          f"do not compare it with published numbers", stacklevel=2)
+    networks, unavailable = _networks(specs, group=group, device=device, inception_path=inception_path,
+                                      cache_dir=cache_dir, classifier=classifier or dataset_key)
+    _warn_if_small(specs, n)
 
     # The reference side first: from the cache (decided once for all ranks), else the real images are
     # loaded and checked now, before any image is generated.
-    real_needs = {k: set().union(*(s.real_needs for s in specs if s.network == k)) for k in networks}
-    real_needs = {k: v for k, v in real_needs.items() if v}
+    real_needs = _real_needs(specs, networks)
     real, real_info, images_real = _cached_reference(
         networks, real_needs, real_images, real_fingerprint, device=device, group=group,
         key=dict(dataset=dataset_key, split=split, n_real=n_real), cache_dir=cache_dir)
@@ -291,31 +284,62 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
     fake, t_gen, per_image, progress = _generated_pass(
         generate, networks, specs, n=n, batch_size=batch_size, seed=seed, device=device,
         real_left={k: n_real_left for k in real_needs if k not in real}, log=log)
-
-    for k in real_needs:
-        if k not in real:
-            assert images_real is not None, "_cached_reference loads the real images for every uncached network"
-            real[k] = _real_pass(networks[k], real_needs[k], images_real, batch_size, device,
-                                 lambda m, k=k: progress.advance(m * per_image[k]))
-            if not group or _is_main():  # every rank holds the same statistics; one writes them
-                reference.save(Path(real_info[k]["cache"]), real_info[k].pop("key"), real[k])
-        real_info[k].pop("key", None)
+    # Only now the uncached real sides: the estimate printed after the first generated batch
+    # already counts them, so the user learns the whole cost before the long pass starts.
+    _uncached_reference(networks, real_needs, real, real_info, images_real, batch_size=batch_size, device=device,
+                        group=group, advance=lambda k, m: progress.advance(m * per_image[k]))
     progress.close()
 
-    results = _compute(specs, networks, unavailable, fake, real, n=n, seed=seed, split=split, device=device) \
-        if not group or _is_main() else None
-    if group:
-        results = _broadcast(results, device)
+    results = _on_every_rank(group, device, lambda: _compute(specs, networks, unavailable, fake, real, n=n, seed=seed,
+                                                             split=split, device=device))
     return {
         "metrics": results,
         "dataset": dataset_key, "reference_split": split, "n_generated": n, "seed": seed,
         "device": str(device), "ranks": torch.distributed.get_world_size() if group else 1,
-        "precision": PRECISION, "batch_size": batch_size, "ganforge_version": __version__,
-        "generate_seconds": round(t_gen, 3), "seconds": round(time.perf_counter() - t_start, 3),
-        "time_to_go": {"estimated_seconds": round(progress.estimate, 3),   # after the first batch
-                       "actual_seconds": round(progress.elapsed, 3)},
+        **_timings(batch_size, t_gen, time.perf_counter() - t_start, progress),
         "networks": {k: _network_record(v, real_info.get(k)) for k, v in networks.items()},
     }
+
+
+def _warn_if_small(specs: list[MetricSpec], n: int) -> None:
+    for s in specs:
+        if s.small_n_warning and n < SMALL_N:
+            # stacklevel 3: the warning names the line that called `evaluate`, not this helper
+            warnings.warn(f"{s.name} with n={n} < {SMALL_N} generated images is biased upward and noisy; "
+                          f"do not compare it with published numbers", stacklevel=3)
+
+
+def _real_needs(specs: list[MetricSpec], networks: dict[str, _Network]) -> dict[str, set[str]]:
+    """What the real side must hold, by network; a network no metric compares with real data is absent."""
+    needs = {k: set().union(*(s.real_needs for s in specs if s.network == k)) for k in networks}
+    return {k: v for k, v in needs.items() if v}
+
+
+def _on_every_rank(group: bool, device: torch.device, compute: Callable[[], dict]) -> dict:
+    """The metric records: computed by rank 0 alone from the gathered features, then sent to the others."""
+    results = compute() if not group or _is_main() else None
+    return _broadcast(results, device) if group else cast(dict, results)
+
+
+def _uncached_reference(networks, real_needs, real, real_info, images_real, *, batch_size, device, group,
+                        advance) -> None:
+    """Compute the real sides the cache did not have (into `real`) and store them; drop the cache keys
+    from `real_info`, which goes into the record."""
+    for k in real_needs:
+        if k not in real:
+            assert images_real is not None, "_cached_reference loads the real images for every uncached network"
+            real[k] = _real_pass(networks[k], real_needs[k], images_real, batch_size, device,
+                                 lambda m, k=k: advance(k, m))
+            if not group or _is_main():  # every rank holds the same statistics; one writes them
+                reference.save(Path(real_info[k]["cache"]), real_info[k].pop("key"), real[k])
+        real_info[k].pop("key", None)
+
+
+def _timings(batch_size: int, t_gen: float, seconds: float, progress: Progress) -> dict[str, Any]:
+    return {"precision": PRECISION, "batch_size": batch_size, "ganforge_version": __version__,
+            "generate_seconds": round(t_gen, 3), "seconds": round(seconds, 3),
+            "time_to_go": {"estimated_seconds": round(progress.estimate, 3),   # after the first batch
+                           "actual_seconds": round(progress.elapsed, 3)}}
 
 
 def _network_record(net: _Network, reference_info: Optional[dict]) -> dict:
@@ -341,7 +365,9 @@ def _check(metrics: Sequence[str], n: int, n_real: Optional[int]) -> list[Metric
     return specs
 
 
-def _networks(specs, **build) -> tuple[dict[str, _Network], dict[str, str]]:
+def _networks(specs, *, group: bool, **build) -> tuple[dict[str, _Network], dict[str, str]]:
+    """(the feature networks the metrics need, by key; why each one that cannot run here cannot), each
+    network's work shared between the ranks when `group`."""
     networks: dict[str, _Network] = {}
     unavailable: dict[str, str] = {}
     for key in dict.fromkeys(s.network for s in specs):
@@ -349,6 +375,9 @@ def _networks(specs, **build) -> tuple[dict[str, _Network], dict[str, str]]:
             networks[key] = _build_network(key, **build)
         except Unavailable as e:
             unavailable[key] = str(e)
+            continue
+        if group:
+            networks[key].fn = _sharded(networks[key].fn, device=build["device"])
     return networks, unavailable
 
 
