@@ -221,16 +221,13 @@ def test_real_celeba_6k(real_celeba):
     assert np.isclose(d32.images.float().mean(), d.images[:8].float().mean(), atol=3)
 
 
-def test_dataset_table_sees_celeba_cifar_and_folder(tmp_path):
-    from ganforge.data import dataset_table
+def test_presence_finds_celeba_and_folder_below_the_data_dir(tmp_path):
+    from ganforge.data import dataset_presence
 
     make_celeba(tmp_path / "img_align_celeba", n=1)
-    (tmp_path / "cifar-10-batches-py").mkdir()
-    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
-    rows = {line.split()[0]: line.split()[1:3] for line in dataset_table(tmp_path).splitlines()[2:]}
-    assert rows["celeba"] == ["yes", str(tmp_path / "img_align_celeba")]
-    assert rows["cifar10"] == ["yes", str(tmp_path / "cifar-10-batches-py")]
-    assert rows["folder"][0] == "yes" and rows["mnist"][0] == "no"
+    celeba = dataset_presence("celeba", tmp_path)
+    assert celeba.present and celeba.path == tmp_path / "img_align_celeba" and celeba.where == "--data-dir"
+    assert dataset_presence("folder", tmp_path).present and not dataset_presence("mnist", tmp_path).present
 
 
 def write_png16(path: Path, pixels: np.ndarray) -> Path:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from ganforge.data import dataset_table, load_dataset
+from ganforge.data import load_dataset
 from ganforge.data.cache import cached_files
 from ganforge.errors import ConfigError, DataError
 
@@ -179,14 +179,6 @@ def test_mnist5k_from_csv_root_and_bad_csv(tmp_path):
     csv.write_bytes(gzip.compress(b"1,2,3\n4,5,6\n"))
     with pytest.raises(DataError, match=r"mnist_5k.csv.gz: expected rows of 784 pixels and a label"):
         load_dataset(name="mnist-5k", root=tmp_path, cache=False)
-
-
-def test_dataset_table_lists_every_dataset(tmp_path):
-    write_idx(tmp_path / "mnist")
-    table = dataset_table(tmp_path)
-    lines = {line.split()[0]: line for line in table.splitlines()[2:]}
-    assert {"mnist", "fashion-mnist", "mnist-5k"} <= set(lines)
-    assert lines["mnist"].split()[1] == "yes" and lines["fashion-mnist"].split()[1] == "no"
 
 
 needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"real data not found at {SHARED}")

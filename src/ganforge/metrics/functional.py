@@ -79,14 +79,6 @@ class FeatureStats:
         return ((outer - self.n * torch.outer(m, m)) / (self.n - 1)).cpu().numpy()
 
 
-def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], unbiased covariance [D, D]) of features [N, D], float64."""
-    f = torch.as_tensor(features)
-    stats = FeatureStats(f.shape[1])
-    stats.update(f)
-    return stats.mean(), stats.cov()
-
-
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      *, eps: float = 1e-6) -> float:
     """||mu1 - mu2||² + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^½), in float64.
@@ -115,10 +107,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                 f"few samples.", RuntimeWarning, stacklevel=2)
         covmean = np.real(covmean)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
-
-
-def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
 
 
 def polynomial_mmd2(x: torch.Tensor, y: torch.Tensor, *, degree: int = 3, gamma: Optional[float] = None,

@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 from typing import Optional
 
-from ganforge import __version__, fsutil
+from ganforge import __version__
 from ganforge.outputs.animation import gif_bytes, progress_frames
 from ganforge.outputs.runs import RunInfo
 
@@ -146,8 +146,3 @@ def render(run: RunInfo) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>ganforge report: {html.escape(run.name)}</title><style>{STYLE}</style></head>"
             f"<body>{''.join(parts)}</body></html>\n")
-
-
-def write_report(run: RunInfo, out: Optional[Path] = None) -> Path:
-    """RUN_DIR/report.html (or `out`), replaced atomically."""
-    return fsutil.write_text(Path(out) if out else run.dir / "report.html", render(run))
