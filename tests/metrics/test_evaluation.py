@@ -278,9 +278,9 @@ def test_ranks_decide_together_whether_the_cache_holds_the_reference(tmp_path):
 
 
 def test_progress_bar_on_a_terminal_shows_the_time_to_go(capsys):
-    from ganforge.metrics.progress import Progress, duration
+    from ganforge.metrics.progress import EvalProgress, duration
 
-    bar = Progress(20.0, log=print, tty=True)
+    bar = EvalProgress(20.0, log=print, tty=True)
     for _ in range(4):
         time.sleep(0.12)  # tqdm redraws at most every 0.1 s
         bar.advance(5.0)
@@ -292,10 +292,10 @@ def test_progress_bar_on_a_terminal_shows_the_time_to_go(capsys):
 
 def test_progress_log_reaches_100_percent_when_the_batch_costs_sum_short_of_the_total(monkeypatch):
     monkeypatch.setattr("ganforge.metrics.progress.QUIET_BELOW", 0.0)
-    from ganforge.metrics.progress import Progress
+    from ganforge.metrics.progress import EvalProgress
 
     lines = []
-    progress = Progress(100 * 0.1, log=lines.append, tty=False)  # 10.0
+    progress = EvalProgress(100 * 0.1, log=lines.append, tty=False)  # 10.0
     for _ in range(100):
         progress.advance(0.1)  # summed: 9.99999999999998
     assert lines[-1].startswith("  eval 100% done") and len(lines) == 10

@@ -26,7 +26,7 @@ from ganforge.metrics import reference
 from ganforge.metrics.definitions import CLASSIFIER, INCEPTION, METRICS, Context, MetricSpec, Side, Unavailable
 from ganforge.metrics.functional import FeatureStats
 from ganforge.metrics.precision import PRECISION, maths_device, strict_fp32
-from ganforge.metrics.progress import Progress, duration
+from ganforge.metrics.progress import EvalProgress, duration
 
 SMALL_N = 2048
 Generate = Callable[[int, torch.Generator], tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -335,7 +335,7 @@ def _uncached_reference(networks, real_needs, real, real_info, images_real, *, b
         real_info[k].pop("key", None)
 
 
-def _timings(batch_size: int, t_gen: float, seconds: float, progress: Progress) -> dict[str, Any]:
+def _timings(batch_size: int, t_gen: float, seconds: float, progress: EvalProgress) -> dict[str, Any]:
     return {"precision": PRECISION, "batch_size": batch_size, "ganforge_version": __version__,
             "generate_seconds": round(t_gen, 3), "seconds": round(seconds, 3),
             "time_to_go": {"estimated_seconds": round(progress.estimate, 3),   # after the first batch
@@ -478,10 +478,10 @@ def _broadcast(results: Optional[dict], device: torch.device) -> dict:
     return cast(dict, box[0])
 
 
-def _estimate(per_image: dict[str, float], fake_left: int, real_left: dict[str, int], log) -> Progress:
+def _estimate(per_image: dict[str, float], fake_left: int, real_left: dict[str, int], log) -> EvalProgress:
     """Say how long the rest will take (images x the seconds per image just measured); return the progress."""
     total = fake_left * sum(per_image.values()) + sum(m * per_image[k] for k, m in real_left.items())
-    progress = Progress(total, log=log)
+    progress = EvalProgress(total, log=log)
     if log is not None and total > 0:
         rates = ", ".join(f"{k} {1 / max(t, 1e-9):.1f}" for k, t in per_image.items())
         real = "".join(f" + {m} real through {k}" for k, m in real_left.items())

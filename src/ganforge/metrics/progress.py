@@ -28,8 +28,8 @@ def duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
-class Progress:
-    """Work measured in estimated seconds; `advance(cost)` after each batch."""
+class EvalProgress:
+    """An evaluation's work, measured in estimated seconds; `advance(cost)` after each batch."""
 
     def __init__(self, total: float, *, log: Optional[Callable[[str], None]], tty: Optional[bool] = None):
         self.estimate, self.elapsed = total, 0.0
