@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ganforge.errors import ConfigError
-from ganforge.metrics import audit as A
+from ganforge.metrics import audit_metrics as A
 from ganforge.metrics import evaluation as ev
 from ganforge.metrics import functional as mf
 from ganforge.metrics import reference
