@@ -250,7 +250,7 @@ def write_png16(path: Path, pixels: np.ndarray) -> Path:
 
 
 def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
-    """Issue 12 item 8: a mid-grey 16-bit PNG is mid-grey, not white."""
+    """A mid-grey 16-bit PNG is mid-grey, not white."""
     grey = np.full((8, 8), 32896, dtype=np.uint16)          # 32896 / 257 = 128
     ramp = np.tile(np.arange(0, 65536, 8192, dtype=np.uint16), (8, 1))
     rgb = np.zeros((8, 8, 3), dtype=np.uint16)
@@ -266,7 +266,7 @@ def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    """Issue 12 item 8: a photo stored sideways with EXIF orientation 6 is decoded upright, as viewers show it."""
+    """A photo stored sideways with EXIF orientation 6 is decoded upright, as viewers show it."""
     stored = Image.new("RGB", (64, 32), (0, 0, 255))
     ImageDraw.Draw(stored).rectangle((0, 0, 31, 31), fill=(255, 0, 0))   # red: the stored left half
     exif = Image.Exif()
@@ -282,7 +282,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_broken_symlinks_and_loops_are_left_out_with_a_warning(tmp_path, caplog):
-    """Issue 12 item 11: broken links and link loops inside a folder data set: no traceback, no endless walk."""
+    """Broken links and link loops inside a folder data set: no traceback, no endless walk."""
     root = tmp_path / "data"
     save(root / "a" / "1.png", solid((10, 0, 0)))
     save(tmp_path / "elsewhere" / "2.png", solid((20, 0, 0)))

@@ -202,7 +202,7 @@ def test_real_fashion_mnist():
 
 
 def test_a_data_dir_the_dataset_does_not_read_is_one_line_naming_presets(tmp_path):
-    """Issue 12 item 7: mnist-5k never falls back to its packaged copy when given a folder of IDX files."""
+    """mnist-5k never falls back to its packaged copy when given a folder of IDX files."""
     from ganforge.data import check_data_dir
 
     write_idx(tmp_path / "mnist")

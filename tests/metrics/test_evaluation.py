@@ -135,7 +135,7 @@ def test_make_generate_maps_minus_one_one_to_uint8():
 
 @pytest.mark.filterwarnings("ignore:fid with n=")
 def test_reference_cache_is_keyed_by_the_data_content_not_its_name(nets):
-    """Issue 12 item 6: two data sets under one name (two `folder`s, two CIFAR-10 copies) are two entries."""
+    """Two data sets under one name (two `folder`s, two CIFAR-10 copies) are two entries."""
     kwargs = dict(dataset_key="folder", metrics=["fid"], n=100, batch_size=50, device="cpu")
     a = ev.evaluate(generate=_replay(_real(seed=1)), real_images=_real(seed=2), **kwargs)
     b = ev.evaluate(generate=_replay(_real(seed=1)), real_images=_real(seed=3), **kwargs)
@@ -153,7 +153,7 @@ def test_reference_cache_is_keyed_by_the_data_content_not_its_name(nets):
 
 @pytest.mark.filterwarnings("ignore:fid with n=")
 def test_concurrent_evaluations_never_share_a_temporary_file(nets, monkeypatch):
-    """Issue 12 item 4/6: a second evaluation saving the same entry while the first one is writing it."""
+    """A second evaluation saving the same entry while the first one is writing it."""
     real_save, calls = torch.save, []
     kwargs = dict(dataset_key="toy", metrics=["fid"], n=100, batch_size=50, device="cpu", n_real=100,
                   real_fingerprint="same")
@@ -259,7 +259,7 @@ def _rank(rank: int, folder: str) -> None:
 
 
 def test_ranks_decide_together_whether_the_cache_holds_the_reference(tmp_path):
-    """Issue 12 item 6: rank 0 finds the entry, rank 1 does not; both must compute (no hang, same answer)."""
+    """Rank 0 finds the entry, rank 1 does not; both must compute (no hang, same answer)."""
     import json
 
     import torch.multiprocessing as mp

@@ -1,5 +1,6 @@
-"""`upsample`: seed 000's MNIST GAN. G grows a small map by upsampling followed by a convolution,
-with batch norm and LeakyReLU(0.2); D is fully connected with dropout (see `mlp.FCDiscriminator`).
+"""`upsample`: the MNIST GAN of the three-data-set GAN study (MNIST, CelebA, CIFAR-10). G grows a
+small map by upsampling followed by a convolution, with batch norm and LeakyReLU(0.2); D is fully
+connected with dropout (see `mlp.FCDiscriminator`).
 
 Upsampling (nearest or bilinear, `model.upsample`) then a 3x3 convolution, rather than a strided
 transposed convolution, avoids the checkerboard artefacts of uneven kernel overlap (Odena et al.
