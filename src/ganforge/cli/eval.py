@@ -89,14 +89,6 @@ def _batch_size(text) -> int | str:
     return value
 
 
-def _load(args: argparse.Namespace, run_dir: Path, device):
-    """(checkpoint folder, config, generator) through the one loader of a run, with its checks."""
-    from ganforge.outputs.model import load_model
-
-    model = load_model(run_dir, checkpoint=args.checkpoint, device=device)
-    return model.checkpoint, model.cfg, model.g
-
-
 def _reference_digest(args: argparse.Namespace, cfg) -> str:
     """The content digest of the reference data; a --data-dir whose files differ from those of the run's
     own data.root (when that is still there) is refused: it would file numbers against other data
@@ -257,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ganforge.metrics import history
+    from ganforge.outputs.model import load_model
 
     # Checked in this order so that every refusal comes before the first generated image: the
     # arguments, the output paths, the device, the checkpoint, then the reference data.
@@ -267,16 +260,19 @@ def run(args: argparse.Namespace) -> int:
     json_path = Path(args.json) if args.json else None
     history.check_output(run_dir, json_path, overwrite=getattr(args, "overwrite", False))
     dist, device = _placement(args)
-    checkpoint, cfg, g = _load(args, run_dir, device)
+    # The one loader of a run, with its checks; the number of classes is what the checkpoint
+    # recorded of its data (0 for an unconditional model), not read back from the network's layers.
+    model = load_model(run_dir, checkpoint=args.checkpoint, device=device)
+    checkpoint, cfg = model.checkpoint, model.cfg
     ref = _reference(args, cfg)
-    cond = getattr(getattr(g, "cond", None), "num_classes", 0) or getattr(g, "num_classes", 0)
     if keys is None:
-        keys = _default_metrics(args, ref.name, cond > 0, dist)
+        keys = _default_metrics(args, ref.name, model.conditional, dist)
     if dist.is_main:
         print(f"ganforge eval: {run_dir} ({cfg.model.arch}, {checkpoint.name}, {ref.name} {args.split}), n={args.n}, "
               f"metrics {','.join(keys)}, device={device}" + (f", {dist.world_size} ranks" if dist.enabled else ""),
               flush=True)
-    record, caught = _evaluate(args, g=g, cfg=cfg, num_classes=cond, ref=ref, keys=keys, device=device, dist=dist)
+    record, caught = _evaluate(args, g=model.g, cfg=cfg, num_classes=model.num_classes, ref=ref, keys=keys,
+                               device=device, dist=dist)
     if dist.enabled:
         torch.distributed.destroy_process_group()
     if not dist.is_main:

@@ -10,7 +10,6 @@ trained by `scripts/train_classifier.py` on the full training set and ship in
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge import fsutil
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.metrics.precision import float64_on_device, strict_fp32
 
@@ -109,7 +109,7 @@ class ShippedClassifier:
                 self.meta = dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
             raise ClassifierWeightsError(f"classifier weights {self.path} are unreadable: {e}") from None
-        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.sha256 = fsutil.sha256_file(self.path)
         self.device = torch.device(device)
         self.model = DigitClassifier(num_classes=int(self.meta.get("num_classes", 10)))
         try:

@@ -508,14 +508,17 @@ def make_generate(generator: torch.nn.Module, *, z_dim: int, num_classes: int = 
     and, when num_classes > 0, labels uniform over the classes, both drawn from the given (CPU) generator,
     so the images do not depend on the device. Images and labels stay on `device`: the feature
     networks take them there, without a round trip through the host per batch."""
+    from ganforge.outputs.model import to_uint8
+
     dev = torch.device(device)
 
     @torch.inference_mode()
     def generate(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        # Drawn on the CPU, then moved: the same seed gives the same latents on any device.
         z = torch.randn(batch, z_dim, generator=gen).to(dev)
         labels = torch.randint(0, num_classes, (batch,), generator=gen).to(dev) if num_classes else None
         x = generator(z, labels) if labels is not None else generator(z)
-        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels
+        return to_uint8(x), labels  # the pixels `ganforge sample` would write for these latents
 
     return generate
 

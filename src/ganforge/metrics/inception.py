@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from ganforge import fsutil
 from ganforge.errors import GanforgeError
 from ganforge.metrics.precision import float64_on_device, strict_fp32
 
@@ -77,11 +78,7 @@ def sha256_of(path: Path, *, cache_dir: Optional[Path] = None) -> str:
     rec = records.get(key)
     if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
         return rec["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = fsutil.sha256_file(path)
     records[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     try:
         record_file.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ FRAME_MS, LAST_MS = 400, 2000
 
 def grid_image(images: torch.Tensor, *, nrow: int, padding: int = 2) -> Image.Image:
     """uint8 [B, C, H, W] -> one PIL grid, `nrow` images per row, black padding (as the training grids)."""
-    g = make_grid(images, nrow=nrow, padding=padding, pad_value=0)  # [C, H', W'] uint8
+    g = make_grid(images.cpu(), nrow=nrow, padding=padding, pad_value=0)  # [C, H', W'] uint8
     arr = g.permute(1, 2, 0).numpy()
     return Image.fromarray(arr[:, :, 0] if images.shape[1] == 1 else arr)
 

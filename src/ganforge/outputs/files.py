@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from ganforge import fsutil
-from ganforge.errors import UsageError
+from ganforge.errors import ConfigError, UsageError
 
 MAX_SCAN = 20_000  # entries looked at to tell whether a folder holds a run; a larger folder is refused
 
@@ -92,15 +92,21 @@ def check_protected(out: Path, what: str = "--out", *, own_file: bool = False) -
 
 
 def check_writable(folder: Path, what: str, out: Path) -> None:
-    """Create and remove a probe file in `folder`: os.access says yes to root even where the file
-    system is read-only, so only trying tells."""
-    probe = fsutil.temp_path(folder / "write-check")
+    """One line unless a file can be created in `folder`, the folder `out` will be written into."""
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fsutil.probe_writable(folder)
     except OSError as exc:
         raise UsageError(f"{what} {out}: cannot write in {folder} ({exc.strerror or exc})") from None
-    os.close(fd)
-    probe.unlink(missing_ok=True)
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """One line unless files can be created in `folder` (created when missing): checked before any
+    work, so a long training or evaluation never ends at a path it cannot write."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fsutil.probe_writable(folder)
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder}: cannot write there ({exc.strerror or exc})") from None
 
 
 def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, what: str = "--out",

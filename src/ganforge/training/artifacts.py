@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from ganforge import fsutil
 
@@ -32,11 +32,6 @@ def unique_run_dir(out: Path, name: str) -> Path:
             return path
         except FileExistsError:
             n += 1
-
-
-def image_grid(images: torch.Tensor, *, nrow: int) -> torch.Tensor:
-    """[B, C, H, W] in [-1, 1] -> one [C, H', W'] grid in [0, 1]."""
-    return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
 
 
 class RunLog:
@@ -69,11 +64,15 @@ class RunLog:
                 self.tb.add_scalar(key, value, step)
 
     def save_grid(self, images: torch.Tensor, name: str, *, step: int, nrow: int = 8, tag: str = "samples") -> Path:
+        """samples/<name> and a TensorBoard image from images [B, C, H, W] in [-1, 1]: the same uint8
+        conversion and grid as `ganforge sample` and `interpolate` (outputs.model, outputs.animation)."""
+        from ganforge.outputs.animation import grid_image, save_image_atomic
+        from ganforge.outputs.model import to_uint8
+
         path = self.dir / "samples" / name
-        grid = image_grid(images, nrow=nrow)
-        with fsutil.atomic_file(path) as tmp:
-            save_image(grid, tmp)
-        self.tb.add_image(tag, grid, step)
+        grid = grid_image(to_uint8(images.detach()), nrow=nrow)
+        save_image_atomic(grid, path)
+        self.tb.add_image(tag, np.asarray(grid.convert("RGB")), step, dataformats="HWC")
         return path
 
     def plot_losses(self, *, probabilities: bool = True) -> Path:
