@@ -12,7 +12,7 @@ from __future__ import annotations
 from ganforge.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig, register_preset
 
 
-@register_preset("demo", source="the DCGAN of \"Generate images using DC-GAN\" (Radford et al. 2016) made "
+@register_preset("demo", source="the DCGAN of “Generate images using DC-GAN” (Radford et al. 2016) made "
                                "class-conditional (projection D, Miyato & Koyama 2018) at the recipe measured in "
                                "docs/quality.md, shrunk to train in two minutes offline on a laptop CPU")
 def demo() -> Config:
@@ -50,7 +50,7 @@ def _mnist_fc(description: str, arch: str, *, dropout: float, label_smoothing: f
     )
 
 
-@register_preset("mnist-gan", source="\"Realistic Image Generation with GANs\": fully connected G with batch "
+@register_preset("mnist-gan", source="“Realistic Image Generation with GANs”: fully connected G with batch "
                                      "norm and ReLU; fully connected D with LeakyReLU and dropout; BCE with "
                                      "one-sided label smoothing (Salimans et al. 2016); Adam")
 def mnist_gan() -> Config:
@@ -59,24 +59,24 @@ def mnist_gan() -> Config:
                      "mlp-bn-relu", dropout=0.3, label_smoothing=0.1, epochs=50)
 
 
-@register_preset("mnist-mlp", source="\"GANs for handwritten digits\", model 1 (Goodfellow et al. 2014's "
+@register_preset("mnist-mlp", source="“GANs for handwritten digits”, model 1 (Goodfellow et al. 2014's "
                                      "MLP GAN): G 100-256-512-1024-784 (ReLU, Tanh), D 784-1024-512-256-1 "
                                      "(LeakyReLU); 100 epochs, batch 64, Adam 2e-4")
 def mnist_mlp() -> Config:
-    return _mnist_fc("fully connected GAN, ReLU generator (model 1 of \"GANs for handwritten digits\"), 100 epochs",
+    return _mnist_fc("fully connected GAN, ReLU generator (model 1 of “GANs for handwritten digits”), 100 epochs",
                      "mlp",
                      dropout=0.0, label_smoothing=0.0, epochs=100)
 
 
-@register_preset("mnist-mlp-bn", source="\"GANs for handwritten digits\", model 2: model 1's G with batch "
+@register_preset("mnist-mlp-bn", source="“GANs for handwritten digits”, model 2: model 1's G with batch "
                                         "norm (Ioffe & Szegedy 2015) and LeakyReLU, the same D; 100 epochs, "
                                         "batch 64, Adam 2e-4")
 def mnist_mlp_bn() -> Config:
     # The document compares two generators against one discriminator, so D keeps model 1's (no
     # dropout) here; `--set model.dropout=0.3` gives arch mlp-bn's D the dropout of "Realistic
     # Image Generation with GANs".
-    return _mnist_fc("fully connected GAN, batch norm + LeakyReLU generator (model 2 of \"GANs for handwritten "
-                     "digits\"), 100 epochs", "mlp-bn",
+    return _mnist_fc("fully connected GAN, batch norm + LeakyReLU generator (model 2 of “GANs for handwritten "
+                     "digits”), 100 epochs", "mlp-bn",
                      dropout=0.0, label_smoothing=0.0, epochs=100)
 
 
@@ -97,7 +97,7 @@ def mnist_upsample() -> Config:
 # ----------------------------------------------------------------------------- convolutional
 
 
-@register_preset("mnist-dcgan", source="\"Generate images using DC-GAN\" (Radford et al. 2016): "
+@register_preset("mnist-dcgan", source="“Generate images using DC-GAN” (Radford et al. 2016): "
                                        "transposed-convolution G, strided-convolution D, full MNIST")
 def mnist_dcgan() -> Config:
     return Config(
@@ -123,8 +123,8 @@ def mnist_dcgan64() -> Config:
     )
 
 
-@register_preset("mnist-cgan", source="the cGAN of \"Generative Adversarial Network for Synthetic Image "
-                                      "Generation\" (Mirza & Osindero 2014) on MNIST, BCE; DCGAN G with the label "
+@register_preset("mnist-cgan", source="the cGAN of “Generative Adversarial Network for Synthetic Image "
+                                      "Generation” (Mirza & Osindero 2014) on MNIST, BCE; DCGAN G with the label "
                                       "embedding joined to z, projection D (Miyato & Koyama 2018)")
 def mnist_cgan() -> Config:
     # The document leaves the cGAN's layers open. Convolutions learn digit strokes far faster than fully
