@@ -209,6 +209,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: is a run folder; a new run goes beside it, in the folder of runs "
                           f"(e.g. --out {out.parent})")
     resume_dir = _resume_dir(args, out)
+    # Before the config is even built: a run that trains for an hour must not learn at its first
+    # checkpoint that it cannot write one.
     check_writable_folder(resume_dir or out, "--resume" if resume_dir else "--out")
     cfg = build_config(args, base=load_yaml(resume_dir / "config.yaml") if resume_dir else None)
     done = _finished(resume_dir, cfg) if resume_dir is not None else None

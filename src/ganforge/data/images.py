@@ -125,7 +125,9 @@ def list_tree(path: Path) -> ImageTree:
                     skipped[0])
     if not names:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
-    order = np.argsort(names, kind="stable")  # sorted by full relative path, not walk order
+    # Sorted by full relative path, not walk order: os.walk visits a folder's files before its
+    # subfolders, so "a/z.png" would come before "a/b/c.png" and `limit` would depend on the depth.
+    order = np.argsort(names, kind="stable")
     return ImageTree(path, [names[i] for i in order], [stats[0]] + [stats[i + 1] for i in order])
 
 
@@ -140,7 +142,8 @@ def _list_zip(path: Path) -> ImageTree:
         raise DataError(f"{path}: unreadable zip file ({e})") from None
     if not names:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this zip")
-    # A zip of a folder holds `folder/...`: strip that one top level, as if the folder were given.
+    # A zip of a folder holds `folder/...`: strip that one top level, as if the folder were given
+    # (its class subfolders then become labels, not one class named after the zip's folder).
     tops = {n.split("/", 1)[0] for n in names}
     base = ""
     if len(tops) == 1 and all("/" in n for n in names):
@@ -166,6 +169,7 @@ def as_displayed(im: Image.Image) -> Image.Image:
 
 
 def centre_square(im: Image.Image) -> Image.Image:
+    # the largest centred square, so a resize to size x size never changes the aspect ratio
     w, h = im.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2

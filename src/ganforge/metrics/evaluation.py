@@ -64,10 +64,12 @@ class _Collector:
             self.stats = self.stats or FeatureStats(feats.shape[1])
             self.stats.update(feats)
         if "features" in self.needs:
+            # Kept in float32, the precision the network computed them in, so nothing is lost: 50,000
+            # Inception features are 400 MB so, 800 MB as float64. KID and P/R widen them for their maths.
             self.features.append(feats.float())
         if "logits" in self.needs and logits is not None:
             self.logits.append(logits)
-        if labels is not None:
+        if labels is not None:  # the labels asked for, which cls-acc compares with the classifier's answer
             self.labels.append(labels.detach().long())
 
     def side(self) -> Side:
@@ -116,7 +118,7 @@ def _sharded(fn: Callable, *, device: torch.device) -> Callable:
         return torch.cat(parts)[:n].to(home)
 
     def run(images: torch.Tensor):
-        n, per = len(images), -(-len(images) // world)
+        n, per = len(images), -(-len(images) // world)  # per: ceil(n / world) images each
         padded = torch.cat([images, images[-1:].expand(per * world - n, *images.shape[1:])])
         feats, logits = fn(padded[rank * per:(rank + 1) * per])
         return gather(feats, n), (gather(logits, n) if logits is not None else None)
@@ -174,6 +176,7 @@ def load_network(kind: str, *, device, inception_path=None, cache_dir=None, data
 def _build_network(key: str, *, device, inception_path, cache_dir, classifier: Optional[str]) -> _Network:
     if key == INCEPTION:
         net = load_network(INCEPTION, device=device, inception_path=inception_path, cache_dir=cache_dir)
+        # the record says which file gave the features: the two give the same pool_3, only one has logits
         kind = " (pt_inception, with logits)" if net.has_logits else " (TorchScript)"
         return _Network(key, net, name=net.name + kind,
                         sha256=net.sha256, resize=net.resize_method, source=f"{net.source.origin}: {net.source.path}")
@@ -234,6 +237,8 @@ def _subset(images: torch.Tensor, n_real: Optional[int], dataset_key: str, split
         return images
     if n_real > len(images):
         raise ConfigError(f"asked for {n_real} real images but {dataset_key} {split} has {len(images)}")
+    # A fixed seed, not the evaluation's: the subset then depends on N real alone, so the cached
+    # reference statistics of one N real serve every later evaluation with that N.
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(reference.SUBSET_SEED))
     return images[order[:n_real]]
 
@@ -399,7 +404,7 @@ def _cached_reference(networks, real_needs, real_images, real_fingerprint, *, de
         side = reference.load(path, rk, real_needs[k])
         if reference.agree(side is not None, device=device, group=group):
             assert side is not None  # every rank found it, this one included
-            if side.features is not None:
+            if side.features is not None:  # saved on the CPU, so a cache is readable on any machine
                 side.features = side.features.to(maths_device(device))
             real[k] = side
         real_info[k] = {"cache": str(path), "cached": k in real, "key": rk}
@@ -415,6 +420,8 @@ def _generated_pass(generate, networks, specs, *, n, batch_size, seed, device, r
     """Generate n images batch by batch and run each batch through every network: (generated sides,
     generation seconds, seconds per image by step, the progress, estimated after the first batch)."""
     collectors = {k: _Collector(set().union(*(s.fake_needs for s in specs if s.network == k))) for k in networks}
+    # One CPU generator for the whole pass, seeded once: image i depends on the seed and the batch
+    # size only, not on the device or on how many networks run.
     gen = torch.Generator().manual_seed(seed)
     t_gen, done, per_image, progress = 0.0, 0, {}, None
     while done < n:
@@ -423,6 +430,8 @@ def _generated_pass(generate, networks, specs, *, n, batch_size, seed, device, r
         images, labels = generate(b, gen)
         seconds = {"generate": time.perf_counter() - t0}
         t_gen += seconds["generate"]
+        # Checked on every batch: a generate() that returned floats or a short batch would otherwise
+        # give a plausible-looking but wrong number, not an error.
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != b:
             raise TypeError(f"generate() must return uint8 [{b}, C, H, W], got {images.dtype} {tuple(images.shape)}")
         for net in networks.values():

@@ -73,19 +73,24 @@ def save(run_dir: Path, record: dict, *, json_path: Optional[Path] = None) -> li
         return [json_path]
     folder, latest = run_dir / FOLDER, run_dir / LATEST
     folder.mkdir(parents=True, exist_ok=True)
-    if latest.is_file() and not any(folder.glob("*.json")):  # written by an older ganforge: keep it
+    # An eval.json with no eval/ records beside it was written by an older ganforge, which kept only
+    # the latest: it is filed under its own checkpoint and time first, so no number is lost.
+    if latest.is_file() and not any(folder.glob("*.json")):
         try:
             old = json.loads(latest.read_text())
             stem = f"{Path(str(old.get('checkpoint', 'latest'))).name}-{_stamp(latest.stat().st_mtime)}"
         except (OSError, ValueError, AttributeError):
             stem = f"previous-{_stamp(latest.stat().st_mtime)}"
         _write_new(folder, stem, latest.read_text())
-    when = str(record["evaluated_at"]).replace("-", "").replace(":", "")  # 20261124T221503Z
+    # The record's own time, in the compact form (20261124T221503Z): names sort by time, and a name
+    # has no ":" (which Windows file systems refuse).
+    when = str(record["evaluated_at"]).replace("-", "").replace(":", "")
     try:
         kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
     except OSError:
         if not any(folder.iterdir()):
             folder.rmdir()  # made by check_output for this record: no empty result is left
         raise
+    # eval.json last: it is a copy, and a failure here leaves the kept record, the one that counts
     fsutil.write_text(latest, text)
     return [kept, latest]

@@ -63,11 +63,13 @@ class FCDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         fan_in = channels * size * size + self.cond.extra
         for h in (16 * width, 8 * width, 4 * width):
+            # LeakyReLU in D (as in Radford et al.): a unit with a negative input still passes some
+            # gradient back to G, where a ReLU would pass none
             layers += [nn.Linear(fan_in, h), nn.LeakyReLU(0.2, inplace=True)]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             fan_in = h
-        layers.append(nn.Linear(fan_in, 1))
+        layers.append(nn.Linear(fan_in, 1))  # a logit, not a sigmoid: the losses take logits (stable BCE)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,6 +36,7 @@ class UpsampleGenerator(nn.Module):
         self.cond = LatentWithLabel(num_classes, z_dim)
         self.ch = ch = width * 2 ** (stages - 1)
         # [B, z (+ embed)] -> [B, ch * start * start], reshaped to [B, ch, start, start] in forward
+        # no bias: the batch norm right after it subtracts the mean
         self.project = nn.Linear(z_dim + self.cond.extra, ch * start * start, bias=False)
         layers: list[nn.Module] = [nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, inplace=True)]
         # Bilinear needs align_corners stated; False matches how image libraries resize.

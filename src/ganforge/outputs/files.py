@@ -114,6 +114,8 @@ def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, wha
     """Refuse, with one line, an output that is protected, exists, sits in no writable folder, or will not fit."""
     out = Path(out)
     check_protected(out, what, own_file=own_file)
+    # is_symlink too: a dangling link "does not exist", yet writing through it would create a file
+    # wherever it points
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UsageError(f"{what} {out}: already exists; choose another path or pass --overwrite")
     parent = out.absolute().parent
@@ -121,6 +123,8 @@ def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, wha
         kind = "is not a folder" if parent.exists() else "does not exist; create it first"
         raise UsageError(f"{what} {out}: cannot write there: {parent} {kind}")
     check_writable(parent, what, out)
+    # Refused up front when it cannot fit: a full disk halfway through a million PNGs leaves nothing
+    # (the atomic write removes its temporary), but only after all that work.
     free = shutil.disk_usage(parent).free
     if need_bytes > free:
         raise UsageError(f"{what} {out}: needs about {need_bytes / 2**20:,.0f} MiB but {parent} has "

@@ -34,6 +34,8 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 
 
 def data_uri(data: bytes, mime: str) -> str:
+    # Images inlined as data: URIs, so report.html is one file that can be mailed or archived and
+    # still shows everything, without the run folder beside it.
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 

@@ -46,7 +46,8 @@ class RunLog:
             self.truncate(resume_step)
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step hides events a killed run wrote after its last checkpoint.
+        # purge_step hides events a killed run wrote after its last checkpoint, so TensorBoard's
+        # curves of a resumed run show one history, not two overlapping ones.
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
 
     def truncate(self, step: int) -> None:
@@ -56,6 +57,8 @@ class RunLog:
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        # Appended, not rewritten: one short write per window, and a kill mid-write costs at most
+        # the last line, which `runs.read_run` then skips.
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         step = record["step"]
@@ -125,7 +128,9 @@ class Snapshots:
     COLUMNS = 8
 
     def __init__(self, *, seed: int, z_dim: int, num_samples: int, num_classes: int, device: torch.device):
-        g = torch.Generator().manual_seed(seed + 12345)  # apart from the training noise: resumes see the same grid
+        # A generator of its own, offset from the training seed: the grids' latents never consume the
+        # training noise stream, so a resumed run shows the same grid and trains on the same noise.
+        g = torch.Generator().manual_seed(seed + 12345)
         if num_classes:
             z = torch.randn(self.COLUMNS, z_dim, generator=g).repeat(num_classes, 1)
             labels: torch.Tensor | None = torch.arange(num_classes).repeat_interleave(self.COLUMNS).to(device)
@@ -138,6 +143,7 @@ class Snapshots:
         """The generator's images [N, C, H, W] in [-1, 1] for the fixed latents, in eval mode."""
         was_training = generator.training
         generator.eval()
+        # eval mode: batch norm uses its running statistics, as every later `sample` of the run will
         out = torch.cat([generator(self.z[i : i + 256], None if self.labels is None else self.labels[i : i + 256])
                          for i in range(0, len(self.z), 256)])
         generator.train(was_training)
