@@ -4,7 +4,7 @@
 
 For each feature space of `ganforge audit` (pixels 784-d on real MNIST, the shipped classifier's
 128-d and Inception's 2048-d features as random rows of that shape: the cost depends only on the
-shapes) it times `metrics.audit.memorisation` (the search of every query row against all training
+shapes) it times `metrics.audit_metrics.memorisation` (the search of every query row against all training
 rows plus the search of each hit training row against all training rows, Alaa et al. 2022's
 authenticity) and reports the achieved matrix-product rate.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ganforge import __version__
-from ganforge.metrics.audit import memorisation
+from ganforge.metrics.audit_metrics import memorisation
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

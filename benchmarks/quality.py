@@ -8,7 +8,7 @@ on any machine; the record also says how many seconds of training that took here
 and whether anything else was running (the load average before and after). Both steps run the
 `ganforge` command, so the record holds the exact commands that reproduce it.
 
-Protocols (issue 11; docs/evaluation.md describes each metric):
+Protocols (docs/evaluation.md describes each metric):
 - mnist, fashion-mnist: Inception FID/KID/PR of 10,000 generated against the 10,000 test images,
   TF1 bilinear resize to 299 (Lucic et al. 2018), plus the digit/clothes classifier's FID, IS and,
   for conditional models, class accuracy;

@@ -109,7 +109,7 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
     ("train.batch_size=100000000", "train.batch_size=100000000: must be between 1 and 65536"),
 ])
 def test_values_the_libraries_refuse_are_one_line_before_any_work(assignment, message, capsys, tmp_path):
-    """Issue 12 item 11: each of these passed the type check and ended in a traceback (or an allocation failure)."""
+    """Each of these passed the type check and ended in a traceback (or an allocation failure)."""
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--out", str(tmp_path), "--max-steps", "1", "--set", assignment])
     err = capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_values_the_libraries_refuse_are_one_line_before_any_work(assignment, me
 
 
 def test_train_data_dir_the_preset_does_not_read(capsys, tmp_path):
-    """Issue 12 item 7: the default preset (mnist-5k) with a folder of MNIST IDX files."""
+    """The default preset (mnist-5k) with a folder of MNIST IDX files."""
     idx = tmp_path / "mnist"
     idx.mkdir()
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):

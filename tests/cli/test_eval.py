@@ -61,7 +61,7 @@ CLS = ["--metrics", "cls-fid,cls-is", "--n", "40", "--n-real", "64", "--batch-si
 
 
 def test_every_evaluation_is_kept(runs, capsys):
-    """Issue 12 item 3: eval/<checkpoint>-<time>.json per evaluation, eval.json the latest; an older eval.json kept."""
+    """eval/<checkpoint>-<time>.json per evaluation, eval.json the latest; an older eval.json kept."""
     run = runs / "mlp"
     (run / "eval.json").write_text(json.dumps({"checkpoint": "latest", "metrics": {"old": {"value": 1}}}))
     assert run_cli(["eval", str(run), *CLS]) == 0
@@ -94,7 +94,8 @@ def test_every_evaluation_is_kept(runs, capsys):
 ])
 def test_arguments_outputs_and_reference_data_are_checked_before_any_image(runs, args, message, capsys, tmp_path,
                                                                            monkeypatch):
-    """Issue 12 item 11 and issue 15: one line each, and no image is generated first."""
+    """One line each, and no image is generated first: an hour of Inception features never ends in a
+    refusal that could have come at the start."""
     import ganforge.metrics.evaluation as ev
 
     def no_generation(*a, **k):
@@ -117,7 +118,7 @@ def test_cuda_device_without_cuda_is_one_line(runs, capsys):
 
 
 def test_unwritable_cache_trains_and_evaluates_with_one_warning(tmp_path, monkeypatch, caplog):
-    """Issue 12 item 11: the cache is optional."""
+    """The cache is optional: an unwritable one costs a warning and a decode, never the run."""
     blocked = tmp_path / "cache-is-a-file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("GANFORGE_CACHE", str(blocked))
@@ -131,7 +132,7 @@ def test_unwritable_cache_trains_and_evaluates_with_one_warning(tmp_path, monkey
 
 @pytest.mark.slow  # the real Inception on a CPU
 def test_default_metrics_on_a_real_run_with_the_real_inception(runs, capsys):
-    """Issue 15: only computable metrics by default (the rest named once), an estimate, KID without a fake spread.
+    """Only computable metrics by default (the rest named once), an estimate, KID without a fake spread.
     A tiny N keeps the real Inception network (about 15 images/s on 2 cores) to a few seconds."""
     from ganforge.metrics.evaluation import context
 

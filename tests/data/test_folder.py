@@ -221,16 +221,13 @@ def test_real_celeba_6k(real_celeba):
     assert np.isclose(d32.images.float().mean(), d.images[:8].float().mean(), atol=3)
 
 
-def test_dataset_table_sees_celeba_cifar_and_folder(tmp_path):
-    from ganforge.data import dataset_table
+def test_presence_finds_celeba_and_folder_below_the_data_dir(tmp_path):
+    from ganforge.data import dataset_presence
 
     make_celeba(tmp_path / "img_align_celeba", n=1)
-    (tmp_path / "cifar-10-batches-py").mkdir()
-    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
-    rows = {line.split()[0]: line.split()[1:3] for line in dataset_table(tmp_path).splitlines()[2:]}
-    assert rows["celeba"] == ["yes", str(tmp_path / "img_align_celeba")]
-    assert rows["cifar10"] == ["yes", str(tmp_path / "cifar-10-batches-py")]
-    assert rows["folder"][0] == "yes" and rows["mnist"][0] == "no"
+    celeba = dataset_presence("celeba", tmp_path)
+    assert celeba.present and celeba.path == tmp_path / "img_align_celeba" and celeba.where == "--data-dir"
+    assert dataset_presence("folder", tmp_path).present and not dataset_presence("mnist", tmp_path).present
 
 
 def write_png16(path: Path, pixels: np.ndarray) -> Path:
@@ -253,7 +250,7 @@ def write_png16(path: Path, pixels: np.ndarray) -> Path:
 
 
 def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
-    """Issue 12 item 8: a mid-grey 16-bit PNG is mid-grey, not white."""
+    """A mid-grey 16-bit PNG is mid-grey, not white."""
     grey = np.full((8, 8), 32896, dtype=np.uint16)          # 32896 / 257 = 128
     ramp = np.tile(np.arange(0, 65536, 8192, dtype=np.uint16), (8, 1))
     rgb = np.zeros((8, 8, 3), dtype=np.uint16)
@@ -269,7 +266,7 @@ def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    """Issue 12 item 8: a photo stored sideways with EXIF orientation 6 is decoded upright, as viewers show it."""
+    """A photo stored sideways with EXIF orientation 6 is decoded upright, as viewers show it."""
     stored = Image.new("RGB", (64, 32), (0, 0, 255))
     ImageDraw.Draw(stored).rectangle((0, 0, 31, 31), fill=(255, 0, 0))   # red: the stored left half
     exif = Image.Exif()
@@ -285,7 +282,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_broken_symlinks_and_loops_are_left_out_with_a_warning(tmp_path, caplog):
-    """Issue 12 item 11: broken links and link loops inside a folder data set: no traceback, no endless walk."""
+    """Broken links and link loops inside a folder data set: no traceback, no endless walk."""
     root = tmp_path / "data"
     save(root / "a" / "1.png", solid((10, 0, 0)))
     save(tmp_path / "elsewhere" / "2.png", solid((20, 0, 0)))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from ganforge.data import dataset_table, load_dataset
+from ganforge.data import load_dataset
 from ganforge.data.cache import cached_files
 from ganforge.errors import ConfigError, DataError
 
@@ -181,14 +181,6 @@ def test_mnist5k_from_csv_root_and_bad_csv(tmp_path):
         load_dataset(name="mnist-5k", root=tmp_path, cache=False)
 
 
-def test_dataset_table_lists_every_dataset(tmp_path):
-    write_idx(tmp_path / "mnist")
-    table = dataset_table(tmp_path)
-    lines = {line.split()[0]: line for line in table.splitlines()[2:]}
-    assert {"mnist", "fashion-mnist", "mnist-5k"} <= set(lines)
-    assert lines["mnist"].split()[1] == "yes" and lines["fashion-mnist"].split()[1] == "no"
-
-
 needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"real data not found at {SHARED}")
 
 
@@ -210,7 +202,7 @@ def test_real_fashion_mnist():
 
 
 def test_a_data_dir_the_dataset_does_not_read_is_one_line_naming_presets(tmp_path):
-    """Issue 12 item 7: mnist-5k never falls back to its packaged copy when given a folder of IDX files."""
+    """mnist-5k never falls back to its packaged copy when given a folder of IDX files."""
     from ganforge.data import check_data_dir
 
     write_idx(tmp_path / "mnist")

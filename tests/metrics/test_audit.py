@@ -8,7 +8,7 @@ from conftest import shared_path
 from ganforge.data import load_dataset
 from ganforge.data.base import ImageData
 from ganforge.errors import DataError
-from ganforge.metrics import audit as A
+from ganforge.metrics import audit_metrics as A
 from ganforge.metrics import auditing
 from ganforge.metrics.cas import Recipe
 from ganforge.metrics.classifier import weights_path

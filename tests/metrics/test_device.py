@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ganforge.errors import ConfigError
-from ganforge.metrics import audit as A
+from ganforge.metrics import audit_metrics as A
 from ganforge.metrics import evaluation as ev
 from ganforge.metrics import functional as mf
 from ganforge.metrics import reference
@@ -154,7 +154,7 @@ def test_feature_networks_are_built_once_per_process(monkeypatch):
             super().__init__(*a, **kw)
 
     monkeypatch.setattr(C, "ShippedClassifier", Counted)
-    monkeypatch.setattr(ev, "_LOADED", {})
+    monkeypatch.setattr("ganforge.metrics.networks._LOADED", {})
     kwargs = dict(real_images=_images(40, size=28), dataset_key="mnist", metrics=["cls-fid"], n=40, batch_size=20,
                   device="cpu")
     first = ev.evaluate(generate=_replay(_images(40, 1, size=28)), **kwargs)

@@ -135,7 +135,7 @@ def test_make_generate_maps_minus_one_one_to_uint8():
 
 @pytest.mark.filterwarnings("ignore:fid with n=")
 def test_reference_cache_is_keyed_by_the_data_content_not_its_name(nets):
-    """Issue 12 item 6: two data sets under one name (two `folder`s, two CIFAR-10 copies) are two entries."""
+    """Two data sets under one name (two `folder`s, two CIFAR-10 copies) are two entries."""
     kwargs = dict(dataset_key="folder", metrics=["fid"], n=100, batch_size=50, device="cpu")
     a = ev.evaluate(generate=_replay(_real(seed=1)), real_images=_real(seed=2), **kwargs)
     b = ev.evaluate(generate=_replay(_real(seed=1)), real_images=_real(seed=3), **kwargs)
@@ -153,7 +153,7 @@ def test_reference_cache_is_keyed_by_the_data_content_not_its_name(nets):
 
 @pytest.mark.filterwarnings("ignore:fid with n=")
 def test_concurrent_evaluations_never_share_a_temporary_file(nets, monkeypatch):
-    """Issue 12 item 4/6: a second evaluation saving the same entry while the first one is writing it."""
+    """A second evaluation saving the same entry while the first one is writing it."""
     real_save, calls = torch.save, []
     kwargs = dict(dataset_key="toy", metrics=["fid"], n=100, batch_size=50, device="cpu", n_real=100,
                   real_fingerprint="same")
@@ -259,7 +259,7 @@ def _rank(rank: int, folder: str) -> None:
 
 
 def test_ranks_decide_together_whether_the_cache_holds_the_reference(tmp_path):
-    """Issue 12 item 6: rank 0 finds the entry, rank 1 does not; both must compute (no hang, same answer)."""
+    """Rank 0 finds the entry, rank 1 does not; both must compute (no hang, same answer)."""
     import json
 
     import torch.multiprocessing as mp
@@ -278,9 +278,9 @@ def test_ranks_decide_together_whether_the_cache_holds_the_reference(tmp_path):
 
 
 def test_progress_bar_on_a_terminal_shows_the_time_to_go(capsys):
-    from ganforge.metrics.progress import Progress, duration
+    from ganforge.metrics.progress import EvalProgress, duration
 
-    bar = Progress(20.0, log=print, tty=True)
+    bar = EvalProgress(20.0, log=print, tty=True)
     for _ in range(4):
         time.sleep(0.12)  # tqdm redraws at most every 0.1 s
         bar.advance(5.0)
@@ -292,10 +292,10 @@ def test_progress_bar_on_a_terminal_shows_the_time_to_go(capsys):
 
 def test_progress_log_reaches_100_percent_when_the_batch_costs_sum_short_of_the_total(monkeypatch):
     monkeypatch.setattr("ganforge.metrics.progress.QUIET_BELOW", 0.0)
-    from ganforge.metrics.progress import Progress
+    from ganforge.metrics.progress import EvalProgress
 
     lines = []
-    progress = Progress(100 * 0.1, log=lines.append, tty=False)  # 10.0
+    progress = EvalProgress(100 * 0.1, log=lines.append, tty=False)  # 10.0
     for _ in range(100):
         progress.advance(0.1)  # summed: 9.99999999999998
     assert lines[-1].startswith("  eval 100% done") and len(lines) == 10

@@ -1,5 +1,5 @@
 """The loop's control flow: health checks return verdicts, the loop acts on them in one place, and a
-window without a generator step has no G loss (issue 12, item 1)."""
+window without a generator step has no G loss (no number is logged that no step computed)."""
 
 from __future__ import annotations
 

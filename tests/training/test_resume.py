@@ -1,5 +1,7 @@
-"""What a resume may change (issue 12, items 5, 9, 10, 11): refused with one line before anything is
-written, or allowed explicitly and recorded; `--resume auto` picks by the checkpoints' own time."""
+"""What a resume may change (the architecture, optimizer and preset never; what changes the meaning of
+the saved position, such as the seed, the data or the process count, only with --allow-change):
+refused with one line before anything is written, or allowed explicitly and recorded; `--resume auto`
+picks by the checkpoints' own time."""
 
 from __future__ import annotations
 

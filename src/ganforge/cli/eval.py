@@ -13,6 +13,7 @@ import argparse
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -88,14 +89,6 @@ def _batch_size(text) -> int | str:
     return value
 
 
-def _load(args: argparse.Namespace, run_dir: Path, device):
-    """(checkpoint folder, config, generator) through the one loader of a run, with its checks."""
-    from ganforge.outputs.model import load_model
-
-    model = load_model(run_dir, checkpoint=args.checkpoint, device=device)
-    return model.checkpoint, model.cfg, model.g
-
-
 def _reference_digest(args: argparse.Namespace, cfg) -> str:
     """The content digest of the reference data; a --data-dir whose files differ from those of the run's
     own data.root (when that is still there) is refused: it would file numbers against other data
@@ -149,30 +142,28 @@ def left_out_line(left_out: dict[str, str]) -> str:
     return "not computed here: " + "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items())
 
 
-def run(args: argparse.Namespace) -> int:
-    import warnings
+@dataclass
+class _Reference:
+    """The real side of an evaluation: which data set, where its files are, and what identifies them."""
 
-    import torch
+    name: str
+    size: int
+    split: str
+    root: Optional[str]
+    fingerprint: str     # what the reference-statistics cache keys on (paths, sizes, times)
+    digest: str          # the content of the files, kept in the record
+    key: str             # the data set's name in the record, with the size when it is not the native one
 
-    from ganforge.data import DATASETS, check_data_dir, dataset_fingerprint, load_dataset
-    from ganforge.metrics import history
-    from ganforge.metrics.definitions import choose
-    from ganforge.metrics.evaluation import context, evaluate, make_generate
-    from ganforge.runtime import Dist, cpu_threads, pick_device
+    def images(self):
+        from ganforge.data import load_dataset
 
-    keys = _check_args(args)
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run folder")
-    json_path = Path(args.json) if args.json else None
-    history.check_output(run_dir, json_path, overwrite=getattr(args, "overwrite", False))
-    dist = Dist.from_env(args.device)  # under torchrun the ranks split the feature extraction
-    try:
-        device = pick_device(args.device, local_rank=dist.local_rank)
-    except ConfigError as e:
-        raise ConfigError(f"--device {args.device}: {str(e).split(': ', 1)[-1]}") from None
-    torch.set_num_threads(cpu_threads(world_size=dist.world_size))
-    checkpoint, cfg, g = _load(args, run_dir, device)
+        return load_dataset(name=self.name, root=self.root, split=self.split, size=self.size).images
+
+
+def _reference(args: argparse.Namespace, cfg) -> _Reference:
+    """The run's data set at the asked split, its files found and checked before any image is made."""
+    from ganforge.data import DATASETS, check_data_dir, dataset_fingerprint
+
     name, size = cfg.data.name, cfg.data.size
     spec = DATASETS.get(name)
     if args.split not in spec.splits:
@@ -182,41 +173,69 @@ def run(args: argparse.Namespace) -> int:
     check_data_dir(name, root)
     fingerprint = dataset_fingerprint(name=name, root=root, split=args.split, size=size)  # finds the files
     digest = _reference_digest(args, cfg)
+    # The native size keeps the plain name, so records of runs at the data set's own size compare
+    # with each other whatever their config spelled (size 0 or 28 for MNIST).
+    key = name if not size or size == spec.native_size else f"{name}@{size}px"
+    return _Reference(name, size, args.split, root, fingerprint, digest, key)
 
-    def real_images() -> torch.Tensor:
-        return load_dataset(name=name, root=root, split=args.split, size=size).images
 
-    cond = getattr(getattr(g, "cond", None), "num_classes", 0) or getattr(g, "num_classes", 0)
-    if keys is None:
-        keys, left_out = choose(context(inception_path=args.inception, classifier=name, conditional=cond > 0))
-        if not keys:
-            raise ConfigError(f"no metric can be computed for this run here: {left_out_line(left_out)}")
-        if left_out and dist.is_main:
-            print(left_out_line(left_out), file=sys.stderr, flush=True)
-    dataset_key = name if not size or size == spec.native_size else f"{name}@{size}px"
-    if dist.is_main:
-        print(f"ganforge eval: {run_dir} ({cfg.model.arch}, {checkpoint.name}, {name} {args.split}), n={args.n}, "
-              f"metrics {','.join(keys)}, device={device}" + (f", {dist.world_size} ranks" if dist.enabled else ""),
-              flush=True)
+def _placement(args: argparse.Namespace):
+    """(the torchrun ranks, this rank's device), with CPU threads shared between the ranks of a host."""
+    import torch
+
+    from ganforge.runtime import Dist, cpu_threads, pick_device
+
+    dist = Dist.from_env(args.device)  # under torchrun the ranks split the feature extraction
+    try:
+        device = pick_device(args.device, local_rank=dist.local_rank)
+    except ConfigError as e:
+        raise ConfigError(f"--device {args.device}: {str(e).split(': ', 1)[-1]}") from None
+    torch.set_num_threads(cpu_threads(world_size=dist.world_size))
+    return dist, device
+
+
+def _default_metrics(args: argparse.Namespace, name: str, conditional: bool, dist) -> list[str]:
+    """Every metric that can be computed for this run here; the others named once, on rank 0."""
+    from ganforge.metrics.definitions import choose
+    from ganforge.metrics.evaluation import context
+
+    keys, left_out = choose(context(inception_path=args.inception, classifier=name, conditional=conditional))
+    if not keys:
+        raise ConfigError(f"no metric can be computed for this run here: {left_out_line(left_out)}")
+    if left_out and dist.is_main:
+        print(left_out_line(left_out), file=sys.stderr, flush=True)
+    return keys
+
+
+def _evaluate(args: argparse.Namespace, *, g, cfg, num_classes: int, ref: _Reference, keys: list[str], device,
+              dist) -> tuple[dict, list]:
+    """(the record, the warnings raised while computing it): they are printed after the ranks part,
+    once, instead of once per rank in the middle of the progress lines."""
+    import warnings
+
+    from ganforge.metrics.evaluation import evaluate, make_generate
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        record = evaluate(generate=make_generate(g, z_dim=cfg.model.z_dim, num_classes=cond, device=device),
-                          real_images=real_images, real_fingerprint=fingerprint, dataset_key=dataset_key,
+        record = evaluate(generate=make_generate(g, z_dim=cfg.model.z_dim, num_classes=num_classes, device=device),
+                          real_images=ref.images, real_fingerprint=ref.fingerprint, dataset_key=ref.key,
                           metrics=keys, n=args.n, batch_size=args.batch_size, device=device, seed=args.seed,
-                          inception_path=args.inception, split=args.split, n_real=args.n_real, classifier=name,
+                          inception_path=args.inception, split=args.split, n_real=args.n_real, classifier=ref.name,
                           log=(lambda s: print(s, file=sys.stderr, flush=True)) if dist.is_main else None,
                           shard=dist.enabled)
-    if dist.enabled:
-        torch.distributed.destroy_process_group()
-    if not dist.is_main:
-        return 0
+    return record, list(caught)
+
+
+def _print_warnings(caught: list) -> None:
+    """ganforge's own warnings (a small N, a fallback), not every library's deprecation notice."""
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "ganforge" in str(w.filename) + str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    record.update(reference_data_digest=digest, run_dir=str(run_dir), checkpoint=str(checkpoint),
-                  arch=cfg.model.arch, preset=cfg.preset,
-                  data_dir=str(root) if root else None,
-                  evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _keep(record: dict, run_dir: Path, json_path: Optional[Path]) -> None:
+    from ganforge.metrics import history
+
     print(format_table(record))
     try:
         written = history.save(run_dir, record, json_path=json_path)
@@ -224,6 +243,46 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write the evaluation record ({exc.strerror or exc}); the numbers above are "
                           f"its only copy") from None
     print("wrote", " and ".join(map(str, written)))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ganforge.metrics import history
+    from ganforge.outputs.model import load_model
+
+    # Checked in this order so that every refusal comes before the first generated image: the
+    # arguments, the output paths, the device, the checkpoint, then the reference data.
+    keys = _check_args(args)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder")
+    json_path = Path(args.json) if args.json else None
+    history.check_output(run_dir, json_path, overwrite=getattr(args, "overwrite", False))
+    dist, device = _placement(args)
+    # The one loader of a run, with its checks; the number of classes is what the checkpoint
+    # recorded of its data (0 for an unconditional model), not read back from the network's layers.
+    model = load_model(run_dir, checkpoint=args.checkpoint, device=device)
+    checkpoint, cfg = model.checkpoint, model.cfg
+    ref = _reference(args, cfg)
+    if keys is None:
+        keys = _default_metrics(args, ref.name, model.conditional, dist)
+    if dist.is_main:
+        print(f"ganforge eval: {run_dir} ({cfg.model.arch}, {checkpoint.name}, {ref.name} {args.split}), n={args.n}, "
+              f"metrics {','.join(keys)}, device={device}" + (f", {dist.world_size} ranks" if dist.enabled else ""),
+              flush=True)
+    record, caught = _evaluate(args, g=model.g, cfg=cfg, num_classes=model.num_classes, ref=ref, keys=keys,
+                               device=device, dist=dist)
+    if dist.enabled:
+        torch.distributed.destroy_process_group()
+    if not dist.is_main:
+        return 0
+    _print_warnings(caught)
+    record.update(reference_data_digest=ref.digest, run_dir=str(run_dir), checkpoint=str(checkpoint),
+                  arch=cfg.model.arch, preset=cfg.preset,
+                  data_dir=str(ref.root) if ref.root else None,
+                  evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    _keep(record, run_dir, json_path)
     return 0
 
 

@@ -165,18 +165,6 @@ def _resume_dir(args: argparse.Namespace, out: Path) -> Optional[Path]:
     return run_dir
 
 
-def _writable(folder: Path, flag: str) -> None:
-    """One line, before any work, when nothing can be written under `folder`."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
-
-
 def _refuse_checkpointless_run(run_dir: Path) -> None:
     """`--resume auto` found no loadable checkpoint in `run_dir`. Starting again there is right only when
     the run died before its first checkpoint; when checkpoints/ holds something, it would mix a new run
@@ -219,7 +207,7 @@ def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optiona
 def cmd_train(args: argparse.Namespace) -> int:
     from ganforge.config import format_config, load_yaml
     from ganforge.errors import GanforgeError
-    from ganforge.outputs.files import is_run_folder
+    from ganforge.outputs.files import check_writable_folder, is_run_folder
     from ganforge.runtime import Dist
     from ganforge.training.loop import Trainer
 
@@ -231,7 +219,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: is a run folder; a new run goes beside it, in the folder of runs "
                           f"(e.g. --out {out.parent})")
     resume_dir = _resume_dir(args, out)
-    _writable(resume_dir or out, "--resume" if resume_dir else "--out")
+    # Before the config is even built: a run that trains for an hour must not learn at its first
+    # checkpoint that it cannot write one.
+    check_writable_folder(resume_dir or out, "--resume" if resume_dir else "--out")
     cfg = build_config(args, base=load_yaml(resume_dir / "config.yaml") if resume_dir else None)
     done = _finished(resume_dir, cfg) if resume_dir is not None else None
     if done is not None:  # every rank reads the same checkpoint, so all return here, having written nothing

@@ -3,12 +3,12 @@
 `load_dataset(name=..., root=...)` decodes the native files once, resizes them once and caches
 the result on disk as a memory-mappable array (see `cache.py`), so a second run starts in about a
 second and every process on a host shares one copy of the pixels. Readers register
-themselves in `DATASETS` on import; `dataset_table()` is what `ganforge datasets` prints.
+themselves in `DATASETS` on import; `dataset_presence` says whether a dataset's files are there
+(what `ganforge datasets` prints).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Union
 
@@ -25,9 +25,8 @@ from ganforge.data.sources import LOCATORS, existing
 from ganforge.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
-           "load_dataset", "dataset_fingerprint", "dataset_digest", "check_data_dir", "reads", "dataset_table",
-           "Presence",
-           "dataset_presence"]
+           "load_dataset", "dataset_fingerprint", "dataset_digest", "check_data_dir", "reads",
+           "Presence", "dataset_presence"]
 
 
 def load_dataset(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,
@@ -114,37 +113,3 @@ def _presets_for(datasets: list[str]) -> list[str]:
     from ganforge.config import PRESETS
 
     return [n for n, p in PRESETS.items() if p.build().data.name in datasets]
-
-
-def dataset_table(root: Union[str, Path, None] = None) -> str:
-    """A plain-text table: each dataset, what it is, where it looks and whether its files are there."""
-    path = Path(root).expanduser() if root not in (None, "") else None
-    rows = [("dataset", "present", "looks in", "description")]
-    for name, spec in DATASETS.items():
-        locate = LOCATORS.get(name)
-        loc = locate(path) if locate is not None else None
-        if loc is None:
-            rows.append((name, "?", "-", spec.description))
-            continue
-        present = "yes" if loc.found is not None else "no"
-        if loc.found is not None:
-            where = str(loc.found)
-        else:
-            where = _compact(loc.searched)
-            where += f" ({loc.note})" if loc.note else ""
-        rows.append((name, present, where, spec.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows]
-    lines.insert(1, "-" * min(120, max(len(s) for s in lines)))
-    return "\n".join(lines)
-
-
-def _compact(paths: tuple[Path, ...]) -> str:
-    """`/a/b/{., x, y/z}` for candidates under one folder: the table stays readable."""
-    if not paths:
-        return "-"
-    if len(paths) == 1:
-        return str(paths[0])
-    base = Path(os.path.commonpath(paths))
-    rel = [str(p.relative_to(base)) for p in paths]
-    return f"{base}/{{{', '.join(rel)}}}"

@@ -57,6 +57,8 @@ def choose_placement(setting: str, *, share: float, nbytes: int, device: torch.d
                               f"{_gb(free)} free of {_gb(total)}; set data.placement=host (or auto) to keep it in "
                               "host memory")
         return "device"
+    # A share of the total, not of what is free now: the models and their activations are not
+    # allocated yet, and a set that takes most of the device would leave them no room later.
     return "device" if nbytes <= share * total and nbytes <= free else "host"
 
 
@@ -98,6 +100,8 @@ class DeviceBatches:
 
     def _order(self, epoch: int) -> torch.Tensor:
         """This rank's stride of the epoch's permutation, on the CPU."""
+        # (seed, epoch) -> one integer; 1,000,003 is a prime larger than any epoch count, so no two
+        # (seed, epoch) pairs of a run collide. On the CPU: the order is then the same on any device.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.images), generator=g)[self.rank :: self.world_size]
 
@@ -106,8 +110,8 @@ class DeviceBatches:
 
     def epoch(self, epoch: int, *, start: int = 0) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
         """Yield (images float [B, C, H, W] in [-1, 1], labels or None) from batch `start` of `epoch`."""
-        order = self._order(epoch)
-        perm = order.to(self.device)
+        order = self._order(epoch)  # on the CPU, for the host gathers
+        perm = order.to(self.device)  # on the device, for the labels (and the images when they are there)
         if self.placement == "host":
             yield from self._host_epoch(order, perm, start)
             return
@@ -138,8 +142,11 @@ class DeviceBatches:
                 yield self.scale(x), (self.labels[idx] if self.labels is not None else None)
 
     def scale(self, batch: torch.Tensor) -> torch.Tensor:
+        # uint8 0..255 -> [-1, 1], the range of the generators' tanh; scaled on the device, so a
+        # batch crosses the bus as uint8, a quarter of its float32 size
         x = batch.float().mul_(2.0 / 255.0).sub_(1.0)
         if self.hflip:
+            # drawn from the device's global RNG in the main thread, the one stream a checkpoint saves
             flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
             x = torch.where(flip, x.flip(3), x)
         return x

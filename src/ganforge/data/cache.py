@@ -91,6 +91,8 @@ def cache_key(*, name: str, split: str, sources: Sequence[tuple[str, int, int]],
     h.update(repr((name, split, size, crop, limit, version)).encode())
     for item in sources:
         h.update(repr(item).encode())
+    # 80 bits of the digest: a collision between two entries of one cache folder would take about
+    # 2^40 of them, and the name stays short enough to read in a listing
     return h.hexdigest()[:20]
 
 
@@ -321,6 +323,7 @@ def plan(*, name: str, split: str, sources: Iterable[Path], size: int, crop: str
     sources = list(sources)
     key = cache_key(name=name, split=split, sources=fingerprint(sources) + list(extra), size=size,
                     crop=crop, limit=limit)
+    # sorted: the content digest must not depend on the order a reader happened to list its files in
     return Planned(name=name, split=split, size=size, key=key, decode=decode, into_file=into_file,
                    sources=tuple(sorted(Path(p) for p in sources)) + tuple(sorted(extra)))
 

@@ -33,6 +33,8 @@ BATCH_DIR = "cifar-10-batches-py"
 BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 _reconstruct = np.ndarray(0).__reduce__()[0]  # numpy's array rebuilder, whatever module it lives in
+# The only globals a CIFAR-10 batch pickle needs: a pickle from a download mirror or a shared folder
+# can name any callable, and unpickling it would run it, so everything else is refused.
 _ALLOWED = {
     # protocol-2 pickles written by Python 3 rebuild bytes with _codecs.encode(str, "latin1")
     ("_codecs", "encode"): codecs.encode,
@@ -80,6 +82,8 @@ def _batches(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         lab = np.asarray(lab, dtype=np.int64)
         if lab.size and (lab.min() < 0 or lab.max() > 9):
             raise DataError(f"{f}: labels out of range 0..9")
+        # rows of 3072 bytes: the 1,024 red values, then green, then blue, each row-major, so the
+        # reshape gives NCHW directly with no transpose
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
     return np.concatenate(images), np.concatenate(labels)
@@ -96,6 +100,7 @@ def _kind(d: Path) -> Optional[str]:
 def _candidates(root: Optional[Path]) -> list[Path]:
     if root is None:
         return [default_cache_dir() / BATCH_DIR]
+    # the folder itself first, so a --data-dir pointing at the batches is what gets read
     return [root, root / BATCH_DIR, root / "cifar10-jpg", root / "cifar10"]
 
 
@@ -136,6 +141,8 @@ def plan_cifar10(*, root: Optional[Path], split: str, size: int, limit: int = 0)
         sub = d / split
         if not sub.is_dir():
             raise DataError(f"{sub}: no such folder (the CIFAR-10 tree needs {split}/<class>/)")
+        # The official class order, not the folders' sorted names: a tree's labels then mean what the
+        # batches' labels mean (and what a classifier trained on either expects).
         return plan_tree(list_tree(sub), name="cifar10", split=split, size=size, limit=limit, class_names=CLASSES)
     files = [d / name for name in BATCHES[split]]
     for f in files:

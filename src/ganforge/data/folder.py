@@ -31,7 +31,7 @@ def plan_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, 
     class_names: a fixed class list (e.g. CIFAR-10's, in its official order); subfolder names
     must then be among them. None: the sorted subfolder names are the classes.
     """
-    tree = tree.head(limit)
+    tree = tree.head(limit)  # the first files in sorted order: `limit` takes the same images every time
     found = tree.labels() if labelled else None
     labels, classes = (None, ()) if found is None else found
     if found is not None and class_names is not None:
@@ -43,6 +43,8 @@ def plan_tree(tree: ImageTree, *, name: str, split: str, size: int, limit: int, 
         labels, classes = remap[labels], class_names
 
     def decode(alloc=None) -> ImageData:
+        # draft (reduced-scale JPEG decoding) only for the centre square, which is defined as a share
+        # of the image and so does not care at what scale the JPEG was decoded
         images, keep = decode_tree(tree, size=size, crop=crop, desc=f"{name}/{split}", draft=crop is centre_square,
                                    alloc=alloc)
         return ImageData(images=torch.from_numpy(images),

@@ -54,6 +54,7 @@ def read_idx(path: Path, *, ndim: int) -> np.ndarray:
     if len(raw) < 4:
         raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
     magic = int.from_bytes(raw[:4], "big")
+    # IDX magic: two zero bytes, the type (0x08: unsigned byte), then the number of dimensions
     if magic != 0x0800 + ndim:
         raise DataError(f"{path}: wrong magic number 0x{magic:08x}, expected 0x{0x800 + ndim:08x} "
                         f"(IDX unsigned bytes, {ndim} dimensions); is this the right file?")
@@ -142,6 +143,8 @@ def _plan(name: str, *, root: Optional[Path], split: str, size: int, limit: int 
             raise DataError(f"{lab_path}: label {int(labels.max())} out of range 0..{len(classes) - 1}")
         if limit:
             images, labels = images[:limit], labels[:limit]
+        # copy: frombuffer's array is read-only, which torch.from_numpy warns about; unsqueeze adds
+        # the channel: [N, 28, 28] -> [N, 1, 28, 28]
         x = torch.from_numpy(images.copy()).unsqueeze(1)
         return ImageData(images=resize_uint8(x, size), labels=torch.from_numpy(labels.astype(np.int64)),
                          class_names=classes, source=str(img_path))

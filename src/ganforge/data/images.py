@@ -125,7 +125,9 @@ def list_tree(path: Path) -> ImageTree:
                     skipped[0])
     if not names:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
-    order = np.argsort(names, kind="stable")  # sorted by full relative path, not walk order
+    # Sorted by full relative path, not walk order: os.walk visits a folder's files before its
+    # subfolders, so "a/z.png" would come before "a/b/c.png" and `limit` would depend on the depth.
+    order = np.argsort(names, kind="stable")
     return ImageTree(path, [names[i] for i in order], [stats[0]] + [stats[i + 1] for i in order])
 
 
@@ -140,7 +142,8 @@ def _list_zip(path: Path) -> ImageTree:
         raise DataError(f"{path}: unreadable zip file ({e})") from None
     if not names:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this zip")
-    # A zip of a folder holds `folder/...`: strip that one top level, as if the folder were given.
+    # A zip of a folder holds `folder/...`: strip that one top level, as if the folder were given
+    # (its class subfolders then become labels, not one class named after the zip's folder).
     tops = {n.split("/", 1)[0] for n in names}
     base = ""
     if len(tops) == 1 and all("/" in n for n in names):
@@ -166,10 +169,73 @@ def as_displayed(im: Image.Image) -> Image.Image:
 
 
 def centre_square(im: Image.Image) -> Image.Image:
+    # the largest centred square, so a resize to size x size never changes the aspect ratio
     w, h = im.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
     return im.crop((left, top, left + s, top + s)) if (w, h) != (s, s) else im
+
+
+class _Opener:
+    """Opens the tree's files by name; inside a zip, one ZipFile handle per decoding thread (ZipFile
+    reads are not thread-safe), all closed at the end."""
+
+    def __init__(self, tree: ImageTree):
+        self.tree, self.local = tree, threading.local()
+        self.opened: list[zipfile.ZipFile] = []
+
+    def __call__(self, name: str):
+        if not self.tree.is_zip:
+            return open(self.tree.origin / name, "rb")
+        if not hasattr(self.local, "zip"):
+            self.local.zip = zipfile.ZipFile(self.tree.origin)
+            self.opened.append(self.local.zip)
+        return self.local.zip.open(self.tree.base + name)
+
+    def close(self) -> None:
+        for z in self.opened:
+            z.close()
+
+
+def _decode_one(f, *, size: int, crop: Crop, draft: bool) -> np.ndarray:
+    """uint8 [3, size, size] from an open image file: as displayed, cropped, resized."""
+    with Image.open(f) as im:
+        if draft and im.format == "JPEG" and min(im.size) > 4 * size:
+            # Let libjpeg decode at 1/2..1/8 scale (DCT scaling): many times faster on big
+            # photos; at least 2x the target is kept, so the final resize still antialiases.
+            k = 2 * size / min(im.size)
+            im.draft(None, (max(1, int(im.size[0] * k)), max(1, int(im.size[1] * k))))
+        im = crop(as_displayed(im))
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+        return np.asarray(im).transpose(2, 0, 1)  # PIL's [H, W, 3] -> the [3, H, W] of the array
+
+
+def _run_pool(n: int, chunk: Callable[[int], int], *, workers: int, desc: str) -> None:
+    """Call `chunk(start)` for every _CHUNK-th index on a thread pool, behind one progress bar."""
+    from tqdm import tqdm
+
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    # One bar, with the time to go, from the first torchrun rank only (when every rank decodes for
+    # itself, several bars would overwrite each other on one terminal).
+    quiet = n < _PROGRESS_FROM or os.environ.get("RANK", "0") != "0"
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=f"decoding {desc}", unit="img", file=sys.stderr,
+                                                   disable=quiet, delay=_PROGRESS_AFTER, leave=False) as bar:
+        for done in pool.map(chunk, range(0, n, _CHUNK)):
+            bar.update(done)
+
+
+def _report_unreadable(tree: ImageTree, errors: list[tuple[str, str]], n: int) -> None:
+    """A few unreadable files are skipped with a warning naming the first (in file order, not in the
+    order the threads met them); more than half stop the decode."""
+    if not errors:
+        return
+    errors.sort()
+    first = f"first: {tree.origin / (tree.base + errors[0][0])}: {errors[0][1]}"
+    if 2 * len(errors) > n:
+        raise DataError(f"{tree.origin}: {len(errors)} of {n} images are unreadable or corrupt ({first}); stopping")
+    log.warning("%s: skipped %d of %d images that are unreadable or corrupt (%s)", tree.origin,
+                len(errors), n, first)
 
 
 def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc: str = "images",
@@ -184,63 +250,28 @@ def decode_tree(tree: ImageTree, *, size: int, crop: Crop = centre_square, desc:
     """
     n = len(tree)
     shape = (n, 3, size, size)
-    out = alloc(shape) if alloc is not None else np.empty(shape, dtype=np.uint8)  # decoded straight into NCHW
+    # Decoded straight into the final NCHW array (a cache file, when `alloc` maps one): no list of
+    # per-image arrays is ever held, so peak memory is the set itself.
+    out = alloc(shape) if alloc is not None else np.empty(shape, dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
-    errors: list[tuple[str, str]] = []
-    local = threading.local()
-    opened: list[zipfile.ZipFile] = []
-
-    def open_file(name: str):
-        if not tree.is_zip:
-            return open(tree.origin / name, "rb")
-        if not hasattr(local, "zip"):  # one handle per thread: ZipFile reads are not thread-safe
-            local.zip = zipfile.ZipFile(tree.origin)
-            opened.append(local.zip)
-        return local.zip.open(tree.base + name)
-
-    def one(i: int) -> None:
-        name = tree.names[i]
-        try:
-            with open_file(name) as f, Image.open(f) as im:
-                if draft and im.format == "JPEG" and min(im.size) > 4 * size:
-                    # Let libjpeg decode at 1/2..1/8 scale (DCT scaling): many times faster on big
-                    # photos; at least 2x the target is kept, so the final resize still antialiases.
-                    k = 2 * size / min(im.size)
-                    im.draft(None, (max(1, int(im.size[0] * k)), max(1, int(im.size[1] * k))))
-                im = crop(as_displayed(im))
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
-                out[i] = np.asarray(im).transpose(2, 0, 1)
-                ok[i] = True
-        except Exception as e:  # noqa: BLE001 - any failure on an untrusted file means "unreadable"
-            errors.append((name, " ".join(f"{type(e).__name__}: {e}".split())))
+    errors: list[tuple[str, str]] = []  # list.append is atomic under the GIL: the threads share it
+    open_file = _Opener(tree)
 
     def chunk(start: int) -> int:
         for i in range(start, min(start + _CHUNK, n)):
-            one(i)
+            name = tree.names[i]
+            try:
+                with open_file(name) as f:
+                    out[i] = _decode_one(f, size=size, crop=crop, draft=draft)
+                ok[i] = True
+            except Exception as e:  # noqa: BLE001 - any failure on an untrusted file means "unreadable"
+                errors.append((name, " ".join(f"{type(e).__name__}: {e}".split())))
         return min(_CHUNK, n - start)
 
-    from tqdm import tqdm
-
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    # One bar, with the time to go, from the first torchrun rank only (when every rank decodes for
-    # itself, several bars would overwrite each other on one terminal).
-    quiet = n < _PROGRESS_FROM or os.environ.get("RANK", "0") != "0"
     try:
-        with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=f"decoding {desc}", unit="img", file=sys.stderr,
-                                                       disable=quiet, delay=_PROGRESS_AFTER, leave=False) as bar:
-            for done in pool.map(chunk, range(0, n, _CHUNK)):
-                bar.update(done)
+        _run_pool(n, chunk, workers=workers, desc=desc)
     finally:
-        for z in opened:
-            z.close()
-
-    if errors:
-        errors.sort()
-        first = f"first: {tree.origin / (tree.base + errors[0][0])}: {errors[0][1]}"
-        if 2 * len(errors) > n:
-            raise DataError(f"{tree.origin}: {len(errors)} of {n} images are unreadable or corrupt ({first}); stopping")
-        log.warning("%s: skipped %d of %d images that are unreadable or corrupt (%s)", tree.origin,
-                    len(errors), n, first)
+        open_file.close()
+    _report_unreadable(tree, errors, n)
     keep = np.flatnonzero(ok)
     return (out if len(keep) == n else out[keep]), keep

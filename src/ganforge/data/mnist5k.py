@@ -63,7 +63,7 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     pixels, labels = table[:, :784], table[:, 784]
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: pixel values must be 0..255 and labels 0..9")
-    order = interleave(labels)
+    order = interleave(labels)  # part of READER_VERSION 2: a cache of the sorted order is not reused
     return pixels[order].astype(np.uint8).reshape(-1, 28, 28), labels[order]
 
 
@@ -72,6 +72,7 @@ def interleave(labels: np.ndarray) -> np.ndarray:
 
     The CSV is sorted by label, so without this `limit=1000` would hold only zeros and ones.
     """
+    # Sort by (rank within class, label): every class's first image, then every class's second, ...
     order = np.argsort(labels, kind="stable")
     rank = np.empty(len(labels), dtype=np.int64)
     starts = np.searchsorted(labels[order], labels[order], side="left")

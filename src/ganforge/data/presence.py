@@ -63,13 +63,22 @@ def dataset_presence(name: str, root: Union[str, Path, None] = None) -> Presence
             return Presence(name, True, _where(loc.found, path), loc.found)
         detail = problem
     else:
-        from ganforge.data import _compact  # the table's notation for several candidate folders
-
         detail = f"not in {_compact(loc.searched)}" if loc.searched else ""
         detail = "; ".join(s for s in (detail, loc.note) if s)
     hint = _archive_hint(name, path)
     return Presence(name, False, "", None, "; ".join(s for s in (detail, hint) if s),
                     downloads=loc.found is None and path is None and "download" in loc.note)
+
+
+def _compact(paths: tuple[Path, ...]) -> str:
+    """`/a/b/{., x, y/z}` for the candidate folders searched: one line of a listing, not one per folder."""
+    if not paths:
+        return "-"
+    if len(paths) == 1:
+        return str(paths[0])
+    base = Path(os.path.commonpath(paths))
+    rel = [str(p.relative_to(base)) for p in paths]
+    return f"{base}/{{{', '.join(rel)}}}"
 
 
 def _where(found: Path, root: Optional[Path]) -> str:

@@ -48,6 +48,8 @@ def plot_audit(result, path: Path) -> None:
                      f"d = {', '.join(f'{float(d):.2g}' for d in dist[:4])}...", fontsize=8)
         ratio_fake, ratio_real = result.nn_distances[name]
         ax = axes[row][1]
+        # Bins up to the 99th percentile (and at least past 1, the authenticity threshold): a few
+        # outliers far from every training image would otherwise squeeze the histogram to one bar.
         top = float(torch.quantile(torch.cat([ratio_fake, ratio_real]).float(), 0.99)) or 1.0
         bins = torch.linspace(0, max(top, 1.5), 40).numpy()
         m = rec["memorisation"][name]
@@ -55,7 +57,7 @@ def plot_audit(result, path: Path) -> None:
                 label=f"real {proto['reference_split']} (authentic {m['real_baseline']['authenticity']:.2f})")
         ax.hist(ratio_fake.clamp(max=bins[-1]).numpy(), bins=bins, alpha=0.5,
                 label=f"generated (authentic {m['generated']['authenticity']:.2f})")
-        ax.axvline(1.0, color="k", lw=0.8)
+        ax.axvline(1.0, color="k", lw=0.8)  # left of it: inauthentic (Alaa et al. 2022's test)
         ax.set_xlabel("d(sample, nearest train) / d(that train image, its nearest train)", fontsize=8)
         ax.legend(fontsize=7)
         ax.tick_params(labelsize=7)

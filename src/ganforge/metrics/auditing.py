@@ -26,7 +26,7 @@ import torch
 from ganforge import __version__
 from ganforge.data.base import ImageData
 from ganforge.errors import ConfigError, DataError
-from ganforge.metrics import audit as A
+from ganforge.metrics import audit_metrics as A
 from ganforge.metrics.cas import Recipe, accuracy, fit_classifier
 from ganforge.metrics.functional import precision_recall
 from ganforge.metrics.precision import maths_device

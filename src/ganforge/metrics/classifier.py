@@ -10,7 +10,6 @@ trained by `scripts/train_classifier.py` on the full training set and ship in
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge import fsutil
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.metrics.precision import float64_on_device, strict_fp32
 
@@ -34,6 +34,7 @@ class ClassifierWeightsError(GanforgeError):
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
+    # no conv bias: the batch norm that follows subtracts the mean, which would cancel it
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
@@ -53,13 +54,17 @@ class DigitClassifier(nn.Module):
             _block(2 * w, 4 * w), _block(4 * w, 4 * w),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
+        # A hidden layer between the pooled map and the head, so the features FID is computed on are
+        # trained to separate the classes (as Inception's pool_3 is), not raw pooled activations.
         self.hidden = nn.Sequential(nn.Linear(4 * w, feature_dim), nn.ReLU(inplace=True))
+        # dropout on the training path only: `features` and `features_and_logits` bypass it, so the
+        # metrics see the deterministic network whatever mode it is in
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations [B, feature_dim]."""
-        return self.hidden(self.body((x - 0.5) / 0.5))
+        return self.hidden(self.body((x - 0.5) / 0.5))  # [B, 1, 28, 28] in 0..1 -> -1..1 -> [B, 128]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))
@@ -83,6 +88,8 @@ def to_classifier_input(images: torch.Tensor) -> torch.Tensor:
     resized with antialiased bilinear interpolation)."""
     x = images.float() / 255.0
     if x.shape[1] != 1:
+        # The classifiers know grey digits and garments only; the mean keeps a grey image that was
+        # stored as RGB exactly what it was.
         x = x.mean(dim=1, keepdim=True)
     if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
         x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
@@ -109,7 +116,7 @@ class ShippedClassifier:
                 self.meta = dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
             raise ClassifierWeightsError(f"classifier weights {self.path} are unreadable: {e}") from None
-        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.sha256 = fsutil.sha256_file(self.path)
         self.device = torch.device(device)
         self.model = DigitClassifier(num_classes=int(self.meta.get("num_classes", 10)))
         try:

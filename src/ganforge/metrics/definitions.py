@@ -121,6 +121,8 @@ def _fid(fake: Side, real: Side, *, seed: int) -> dict:
     return {"value": mf.frechet_distance(*fake.stats(), *real.stats())}
 
 
+# Bińkowski et al.'s protocol: 100 subsets of 1,000 per set, so KID of 10,000 images has a std to
+# report, and values from different N stay comparable (the estimate is unbiased at any subset size).
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
 
@@ -140,6 +142,8 @@ def _kid(fake: Side, real: Side, *, seed: int) -> dict:
 def _is(fake: Side, *, seed: int, splits: int = 10) -> dict:
     if fake.logits is None:
         raise Unavailable("needs logits")
+    # Shuffled with the evaluation's seed before splitting: a conditional generator's images come in
+    # label order, and consecutive splits of one class each would score IS near 1.
     gen = torch.Generator().manual_seed(seed)
     logits = fake.logits[torch.randperm(len(fake.logits), generator=gen)]
     splits = min(splits, len(logits))
@@ -170,6 +174,8 @@ def _pr(fake: Side, real: Side, *, seed: int) -> dict:
     size = min(fake.n, real.n)   # the paper compares equally many samples
     gen = torch.Generator().manual_seed(seed)
     real_features = real.feature_matrix()
+    # A random subset of the real side (its order is the data set's: sorted by class for a folder);
+    # the generated side is already in random order.
     r = real_features[torch.randperm(real.n, generator=gen)[:size]] if real.n > size else real_features
     f = fake.feature_matrix()[:size]
     pr = mf.precision_recall(r, f, k=PR_K)
@@ -198,6 +204,7 @@ def _cls_acc(fake: Side, real: Optional[Side], *, seed: int) -> dict:
 def choose(ctx: Context) -> tuple[list[str], dict[str, str]]:
     """The metrics that can be computed in `ctx` (Inception's first), and {left-out metric: why}."""
     chosen, left_out = [], {}
+    # Inception's metrics first: they are the ones a paper's table has, so they lead the printed table.
     for name, spec in sorted(METRICS.items(), key=lambda item: (item[1].network != INCEPTION, item[0])):
         reason = spec.why_not(ctx)
         if reason is None:

@@ -6,7 +6,8 @@ computed once per network). The real reference side (mean and covariance, plus f
 KID and precision/recall) is cached on disk, keyed by the real data's content fingerprint and
 everything else that changes it (`ganforge.metrics.reference`), so it is computed once. Every
 metric in the returned record carries how it was computed: N generated, N real, split, network and
-checksum, resize, seed, version, time. Metric definitions and papers: `ganforge.metrics.definitions` and `functional`.
+checksum, resize, seed, version, time. Metric definitions and papers: `ganforge.metrics.definitions` and `functional`;
+the feature networks, their per-process cache and their sharding under torchrun: `ganforge.metrics.networks`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ from ganforge import __version__
 from ganforge.data.base import default_cache_dir
 from ganforge.errors import ConfigError
 from ganforge.metrics import reference
-from ganforge.metrics.definitions import CLASSIFIER, INCEPTION, METRICS, Context, MetricSpec, Side, Unavailable
+from ganforge.metrics.definitions import METRICS, MetricSpec, Side, Unavailable
 from ganforge.metrics.functional import FeatureStats
-from ganforge.metrics.precision import PRECISION, maths_device, strict_fp32
-from ganforge.metrics.progress import Progress, duration
+from ganforge.metrics.networks import (
+    _build_network,
+    _in_process_group,
+    _is_main,
+    _Network,
+    _sharded,
+    context,
+    load_network,
+)
+from ganforge.metrics.precision import PRECISION, maths_device
+from ganforge.metrics.progress import EvalProgress, duration
 
 SMALL_N = 2048
 Generate = Callable[[int, torch.Generator], tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -64,10 +74,12 @@ class _Collector:
             self.stats = self.stats or FeatureStats(feats.shape[1])
             self.stats.update(feats)
         if "features" in self.needs:
+            # Kept in float32, the precision the network computed them in, so nothing is lost: 50,000
+            # Inception features are 400 MB so, 800 MB as float64. KID and P/R widen them for their maths.
             self.features.append(feats.float())
         if "logits" in self.needs and logits is not None:
             self.logits.append(logits)
-        if labels is not None:
+        if labels is not None:  # the labels asked for, which cls-acc compares with the classifier's answer
             self.labels.append(labels.detach().long())
 
     def side(self) -> Side:
@@ -81,139 +93,6 @@ class _Collector:
         if self.labels:
             s.labels = torch.cat(self.labels)
         return s
-
-
-class _Network:
-    def __init__(self, key: str, fn: Callable, *, name: str, sha256: str, resize: str, source: str,
-                 precision: str = PRECISION):
-        self.key, self.fn, self.name, self.sha256, self.resize, self.source = key, fn, name, sha256, resize, source
-        self.precision = precision
-        self.seconds_fake = self.seconds_real = 0.0
-        self.images_fake = self.images_real = 0
-
-    def __call__(self, images: torch.Tensor, device: torch.device):
-        # Strict fp32 here as well as inside the shipped networks, so any feature function (a
-        # stand-in, a sharded wrapper) runs without TF32 while training keeps it.
-        with strict_fp32(device.type):
-            return self.fn(images)
-
-
-def _sharded(fn: Callable, *, device: torch.device) -> Callable:
-    """Under torchrun: every rank holds the same batch, runs `fn` on its contiguous share of it, and
-    the shares are gathered back in order, so each rank gets the whole batch's outputs for 1/world of
-    the work. The batch is padded with its last image so every share has the same size (all_gather
-    needs that); the padding is cut off again. The outputs stay on the device (NCCL gathers there)."""
-    import torch.distributed as dist
-
-    world, rank = dist.get_world_size(), dist.get_rank()
-    on_device = dist.get_backend() == "nccl"  # NCCL gathers CUDA tensors only
-    home = maths_device(device)
-
-    def gather(t: torch.Tensor, n: int) -> torch.Tensor:
-        t = t.to(device) if on_device else t.cpu()
-        parts = [torch.empty_like(t) for _ in range(world)]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)[:n].to(home)
-
-    def run(images: torch.Tensor):
-        n, per = len(images), -(-len(images) // world)
-        padded = torch.cat([images, images[-1:].expand(per * world - n, *images.shape[1:])])
-        feats, logits = fn(padded[rank * per:(rank + 1) * per])
-        return gather(feats, n), (gather(logits, n) if logits is not None else None)
-
-    return run
-
-
-def _in_process_group() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _is_main() -> bool:
-    return not _in_process_group() or torch.distributed.get_rank() == 0
-
-
-# Feature networks already built in this process, by what identifies them: loading Inception takes
-# seconds and 100 MB, and a training run evaluates every epoch.
-_LOADED: dict[tuple, Any] = {}
-
-
-def _file_identity(path) -> Any:
-    if path is None:
-        return None
-    p = Path(path).expanduser().resolve()
-    st = p.stat() if p.is_file() else None
-    return str(p), (st.st_size, st.st_mtime_ns) if st else None
-
-
-def load_network(kind: str, *, device, inception_path=None, cache_dir=None, dataset: Optional[str] = None):
-    """The InceptionFeatures or ShippedClassifier(`dataset`) on `device`, built once per process for the
-    same file, device and cache folder, and reused by later evaluations (and audits)."""
-    import os
-
-    from ganforge.metrics.inception import ENV_VAR
-
-    device = torch.device(device)
-    if kind == INCEPTION:
-        ident = (kind, _file_identity(inception_path or os.environ.get(ENV_VAR)), str(cache_dir), str(device))
-    else:
-        ident = (kind, dataset, str(device))
-    if ident not in _LOADED:
-        if kind == INCEPTION:
-            from ganforge.metrics.inception import InceptionFeatures
-
-            _LOADED[ident] = InceptionFeatures(inception_path, device=device, cache_dir=cache_dir)
-        else:
-            from ganforge.metrics.classifier import ShippedClassifier
-
-            if dataset is None:
-                raise ValueError("the shipped classifier is chosen by the dataset's name; none was given")
-            _LOADED[ident] = ShippedClassifier(dataset, device=device)
-    return _LOADED[ident]
-
-
-def _build_network(key: str, *, device, inception_path, cache_dir, classifier: Optional[str]) -> _Network:
-    if key == INCEPTION:
-        net = load_network(INCEPTION, device=device, inception_path=inception_path, cache_dir=cache_dir)
-        kind = " (pt_inception, with logits)" if net.has_logits else " (TorchScript)"
-        return _Network(key, net, name=net.name + kind,
-                        sha256=net.sha256, resize=net.resize_method, source=f"{net.source.origin}: {net.source.path}")
-    from ganforge.metrics.classifier import CLASSIFIER_FOR, INPUT_SIZE
-
-    if classifier not in CLASSIFIER_FOR:
-        raise Unavailable(f"there is a shipped classifier only for {', '.join(CLASSIFIER_FOR)}, "
-                          f"not for {classifier!r}")
-    net = load_network(CLASSIFIER, device=device, dataset=CLASSIFIER_FOR[classifier])
-    return _Network(key, net, name=net.name, sha256=net.sha256, source=str(net.path),
-                    resize=f"none at {INPUT_SIZE}x{INPUT_SIZE}, else antialiased bilinear to {INPUT_SIZE}")
-
-
-def context(*, inception_path=None, classifier: Optional[str] = None, conditional: bool = False,
-            cache_dir: Optional[Path] = None) -> Context:
-    """Which feature networks can run here and which give logits, found without loading them. A missing
-    default Inception network is a reason to leave its metrics out; a bad file the user named is an error."""
-    import os
-
-    from ganforge.metrics.classifier import CLASSIFIER_FOR, weights_path
-    from ganforge.metrics.inception import ENV_VAR, InceptionError, locate
-
-    networks: dict[str, Optional[str]] = {}
-    logits = set()
-    try:
-        if locate(inception_path, cache_dir=cache_dir).kind == "pt_inception":
-            logits.add(INCEPTION)
-        networks[INCEPTION] = None
-    except InceptionError as e:
-        if inception_path is not None or os.environ.get(ENV_VAR):
-            raise
-        networks[INCEPTION] = str(e)
-    if classifier not in CLASSIFIER_FOR:
-        networks[CLASSIFIER] = f"there is a shipped classifier only for {', '.join(CLASSIFIER_FOR)}, not {classifier!r}"
-    elif not weights_path(CLASSIFIER_FOR[classifier]).is_file():
-        networks[CLASSIFIER] = f"the shipped classifier {weights_path(CLASSIFIER_FOR[classifier])} is missing"
-    else:
-        networks[CLASSIFIER] = None
-        logits.add(CLASSIFIER)
-    return Context(networks, frozenset(logits), conditional)
 
 
 def _real_fingerprint(real_images, given: Optional[str]) -> tuple[str, Any]:
@@ -234,6 +113,8 @@ def _subset(images: torch.Tensor, n_real: Optional[int], dataset_key: str, split
         return images
     if n_real > len(images):
         raise ConfigError(f"asked for {n_real} real images but {dataset_key} {split} has {len(images)}")
+    # A fixed seed, not the evaluation's: the subset then depends on N real alone, so the cached
+    # reference statistics of one N real serve every later evaluation with that N.
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(reference.SUBSET_SEED))
     return images[order[:n_real]]
 
@@ -268,21 +149,14 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
     specs = _check(metrics, n, n_real)
     t_start = time.perf_counter()
     device = torch.device(device)
-    networks, unavailable = _networks(specs, device=device, inception_path=inception_path, cache_dir=cache_dir,
-                                      classifier=classifier or dataset_key)
     group = shard and _in_process_group()
-    if group:
-        for net in networks.values():
-            net.fn = _sharded(net.fn, device=device)
-    for s in specs:
-        if s.small_n_warning and n < SMALL_N:
-            warnings.warn(f"{s.name} with n={n} < {SMALL_N} generated images is biased upward and noisy; "
-                          f"do not compare it with published numbers", stacklevel=2)
+    networks, unavailable = _networks(specs, group=group, device=device, inception_path=inception_path,
+                                      cache_dir=cache_dir, classifier=classifier or dataset_key)
+    _warn_if_small(specs, n)
 
     # The reference side first: from the cache (decided once for all ranks), else the real images are
     # loaded and checked now, before any image is generated.
-    real_needs = {k: set().union(*(s.real_needs for s in specs if s.network == k)) for k in networks}
-    real_needs = {k: v for k, v in real_needs.items() if v}
+    real_needs = _real_needs(specs, networks)
     real, real_info, images_real = _cached_reference(
         networks, real_needs, real_images, real_fingerprint, device=device, group=group,
         key=dict(dataset=dataset_key, split=split, n_real=n_real), cache_dir=cache_dir)
@@ -291,31 +165,62 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
     fake, t_gen, per_image, progress = _generated_pass(
         generate, networks, specs, n=n, batch_size=batch_size, seed=seed, device=device,
         real_left={k: n_real_left for k in real_needs if k not in real}, log=log)
-
-    for k in real_needs:
-        if k not in real:
-            assert images_real is not None, "_cached_reference loads the real images for every uncached network"
-            real[k] = _real_pass(networks[k], real_needs[k], images_real, batch_size, device,
-                                 lambda m, k=k: progress.advance(m * per_image[k]))
-            if not group or _is_main():  # every rank holds the same statistics; one writes them
-                reference.save(Path(real_info[k]["cache"]), real_info[k].pop("key"), real[k])
-        real_info[k].pop("key", None)
+    # Only now the uncached real sides: the estimate printed after the first generated batch
+    # already counts them, so the user learns the whole cost before the long pass starts.
+    _uncached_reference(networks, real_needs, real, real_info, images_real, batch_size=batch_size, device=device,
+                        group=group, advance=lambda k, m: progress.advance(m * per_image[k]))
     progress.close()
 
-    results = _compute(specs, networks, unavailable, fake, real, n=n, seed=seed, split=split, device=device) \
-        if not group or _is_main() else None
-    if group:
-        results = _broadcast(results, device)
+    results = _on_every_rank(group, device, lambda: _compute(specs, networks, unavailable, fake, real, n=n, seed=seed,
+                                                             split=split, device=device))
     return {
         "metrics": results,
         "dataset": dataset_key, "reference_split": split, "n_generated": n, "seed": seed,
         "device": str(device), "ranks": torch.distributed.get_world_size() if group else 1,
-        "precision": PRECISION, "batch_size": batch_size, "ganforge_version": __version__,
-        "generate_seconds": round(t_gen, 3), "seconds": round(time.perf_counter() - t_start, 3),
-        "time_to_go": {"estimated_seconds": round(progress.estimate, 3),   # after the first batch
-                       "actual_seconds": round(progress.elapsed, 3)},
+        **_timings(batch_size, t_gen, time.perf_counter() - t_start, progress),
         "networks": {k: _network_record(v, real_info.get(k)) for k, v in networks.items()},
     }
+
+
+def _warn_if_small(specs: list[MetricSpec], n: int) -> None:
+    for s in specs:
+        if s.small_n_warning and n < SMALL_N:
+            # stacklevel 3: the warning names the line that called `evaluate`, not this helper
+            warnings.warn(f"{s.name} with n={n} < {SMALL_N} generated images is biased upward and noisy; "
+                          f"do not compare it with published numbers", stacklevel=3)
+
+
+def _real_needs(specs: list[MetricSpec], networks: dict[str, _Network]) -> dict[str, set[str]]:
+    """What the real side must hold, by network; a network no metric compares with real data is absent."""
+    needs = {k: set().union(*(s.real_needs for s in specs if s.network == k)) for k in networks}
+    return {k: v for k, v in needs.items() if v}
+
+
+def _on_every_rank(group: bool, device: torch.device, compute: Callable[[], dict]) -> dict:
+    """The metric records: computed by rank 0 alone from the gathered features, then sent to the others."""
+    results = compute() if not group or _is_main() else None
+    return _broadcast(results, device) if group else cast(dict, results)
+
+
+def _uncached_reference(networks, real_needs, real, real_info, images_real, *, batch_size, device, group,
+                        advance) -> None:
+    """Compute the real sides the cache did not have (into `real`) and store them; drop the cache keys
+    from `real_info`, which goes into the record."""
+    for k in real_needs:
+        if k not in real:
+            assert images_real is not None, "_cached_reference loads the real images for every uncached network"
+            real[k] = _real_pass(networks[k], real_needs[k], images_real, batch_size, device,
+                                 lambda m, k=k: advance(k, m))
+            if not group or _is_main():  # every rank holds the same statistics; one writes them
+                reference.save(Path(real_info[k]["cache"]), real_info[k].pop("key"), real[k])
+        real_info[k].pop("key", None)
+
+
+def _timings(batch_size: int, t_gen: float, seconds: float, progress: EvalProgress) -> dict[str, Any]:
+    return {"precision": PRECISION, "batch_size": batch_size, "ganforge_version": __version__,
+            "generate_seconds": round(t_gen, 3), "seconds": round(seconds, 3),
+            "time_to_go": {"estimated_seconds": round(progress.estimate, 3),   # after the first batch
+                           "actual_seconds": round(progress.elapsed, 3)}}
 
 
 def _network_record(net: _Network, reference_info: Optional[dict]) -> dict:
@@ -341,7 +246,9 @@ def _check(metrics: Sequence[str], n: int, n_real: Optional[int]) -> list[Metric
     return specs
 
 
-def _networks(specs, **build) -> tuple[dict[str, _Network], dict[str, str]]:
+def _networks(specs, *, group: bool, **build) -> tuple[dict[str, _Network], dict[str, str]]:
+    """(the feature networks the metrics need, by key; why each one that cannot run here cannot), each
+    network's work shared between the ranks when `group`."""
     networks: dict[str, _Network] = {}
     unavailable: dict[str, str] = {}
     for key in dict.fromkeys(s.network for s in specs):
@@ -349,6 +256,9 @@ def _networks(specs, **build) -> tuple[dict[str, _Network], dict[str, str]]:
             networks[key] = _build_network(key, **build)
         except Unavailable as e:
             unavailable[key] = str(e)
+            continue
+        if group:
+            networks[key].fn = _sharded(networks[key].fn, device=build["device"])
     return networks, unavailable
 
 
@@ -370,7 +280,7 @@ def _cached_reference(networks, real_needs, real_images, real_fingerprint, *, de
         side = reference.load(path, rk, real_needs[k])
         if reference.agree(side is not None, device=device, group=group):
             assert side is not None  # every rank found it, this one included
-            if side.features is not None:
+            if side.features is not None:  # saved on the CPU, so a cache is readable on any machine
                 side.features = side.features.to(maths_device(device))
             real[k] = side
         real_info[k] = {"cache": str(path), "cached": k in real, "key": rk}
@@ -386,6 +296,8 @@ def _generated_pass(generate, networks, specs, *, n, batch_size, seed, device, r
     """Generate n images batch by batch and run each batch through every network: (generated sides,
     generation seconds, seconds per image by step, the progress, estimated after the first batch)."""
     collectors = {k: _Collector(set().union(*(s.fake_needs for s in specs if s.network == k))) for k in networks}
+    # One CPU generator for the whole pass, seeded once: image i depends on the seed and the batch
+    # size only, not on the device or on how many networks run.
     gen = torch.Generator().manual_seed(seed)
     t_gen, done, per_image, progress = 0.0, 0, {}, None
     while done < n:
@@ -394,6 +306,8 @@ def _generated_pass(generate, networks, specs, *, n, batch_size, seed, device, r
         images, labels = generate(b, gen)
         seconds = {"generate": time.perf_counter() - t0}
         t_gen += seconds["generate"]
+        # Checked on every batch: a generate() that returned floats or a short batch would otherwise
+        # give a plausible-looking but wrong number, not an error.
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != b:
             raise TypeError(f"generate() must return uint8 [{b}, C, H, W], got {images.dtype} {tuple(images.shape)}")
         for net in networks.values():
@@ -449,10 +363,10 @@ def _broadcast(results: Optional[dict], device: torch.device) -> dict:
     return cast(dict, box[0])
 
 
-def _estimate(per_image: dict[str, float], fake_left: int, real_left: dict[str, int], log) -> Progress:
+def _estimate(per_image: dict[str, float], fake_left: int, real_left: dict[str, int], log) -> EvalProgress:
     """Say how long the rest will take (images x the seconds per image just measured); return the progress."""
     total = fake_left * sum(per_image.values()) + sum(m * per_image[k] for k, m in real_left.items())
-    progress = Progress(total, log=log)
+    progress = EvalProgress(total, log=log)
     if log is not None and total > 0:
         rates = ", ".join(f"{k} {1 / max(t, 1e-9):.1f}" for k, t in per_image.items())
         real = "".join(f" + {m} real through {k}" for k, m in real_left.items())
@@ -479,14 +393,17 @@ def make_generate(generator: torch.nn.Module, *, z_dim: int, num_classes: int = 
     and, when num_classes > 0, labels uniform over the classes, both drawn from the given (CPU) generator,
     so the images do not depend on the device. Images and labels stay on `device`: the feature
     networks take them there, without a round trip through the host per batch."""
+    from ganforge.outputs.model import to_uint8
+
     dev = torch.device(device)
 
     @torch.inference_mode()
     def generate(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        # Drawn on the CPU, then moved: the same seed gives the same latents on any device.
         z = torch.randn(batch, z_dim, generator=gen).to(dev)
         labels = torch.randint(0, num_classes, (batch,), generator=gen).to(dev) if num_classes else None
         x = generator(z, labels) if labels is not None else generator(z)
-        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels
+        return to_uint8(x), labels  # the pixels `ganforge sample` would write for these latents
 
     return generate
 
@@ -504,4 +421,4 @@ def flat_values(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-__all__ = ["evaluate", "make_generate", "flat_values", "load_network", "resolve_batch_size"]
+__all__ = ["evaluate", "make_generate", "flat_values", "load_network", "context", "resolve_batch_size"]

@@ -57,6 +57,9 @@ class FeatureStats:
             self._sums = (f.mean(0), torch.zeros(self.dim, dtype=torch.float64, device=on),
                           torch.zeros(self.dim, self.dim, dtype=torch.float64, device=on))
         shift, total, outer = self._sums
+        # float64 before any product: the covariance is built from sums over tens of thousands of
+        # images, and FID then subtracts traces in the hundreds to get a few units; float32's 7
+        # digits leave too few after both.
         f = f.to(shift.device, torch.float64) - shift
         self.n += len(f)
         total += f.sum(0)
@@ -75,16 +78,9 @@ class FeatureStats:
         if self.n < 2:
             raise ValueError("covariance needs at least 2 samples")
         _, total, outer = self._state()
-        m = total / self.n
+        m = total / self.n  # the mean of the shifted features, near 0: the subtraction below loses little
+        # n - 1: the unbiased covariance, as numpy's np.cov and the reference FID code compute it
         return ((outer - self.n * torch.outer(m, m)) / (self.n - 1)).cpu().numpy()
-
-
-def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], unbiased covariance [D, D]) of features [N, D], float64."""
-    f = torch.as_tensor(features)
-    stats = FeatureStats(f.shape[1])
-    stats.update(f)
-    return stats.mean(), stats.cov()
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -101,8 +97,12 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
     diff = mu1 - mu2
+    # float64 throughout: Tr(sigma1) + Tr(sigma2) and 2 Tr(covmean) are each in the hundreds for
+    # Inception features, and FID is their difference, a few units for a good model; in float32
+    # the round-off of that subtraction alone would be visible in the published digits.
     covmean = _sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
+        # a singular product (fewer images than feature dimensions): the reference TF code's retry
         offset = np.eye(len(sigma1)) * eps
         covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
@@ -117,10 +117,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
-def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
-
-
 def polynomial_mmd2(x: torch.Tensor, y: torch.Tensor, *, degree: int = 3, gamma: Optional[float] = None,
                     coef: float = 1.0) -> float:
     """Unbiased MMD² between samples x [m, D] and y [n, D] with k(a, b) = (gamma a·b + coef)^degree,
@@ -133,6 +129,8 @@ def polynomial_mmd2(x: torch.Tensor, y: torch.Tensor, *, degree: int = 3, gamma:
     kxx = (x @ x.T * g + coef) ** degree
     kyy = (y @ y.T * g + coef) ** degree
     kxy = (x @ y.T * g + coef) ** degree
+    # The diagonal k(x_i, x_i) is left out of the within-set means: that is what makes the estimate
+    # unbiased, so KID of two samples of one distribution averages 0 (and can come out negative).
     sxx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
     syy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
     return float(sxx + syy - 2.0 * kxy.mean())
@@ -143,6 +141,8 @@ def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets
     """KID as in Bińkowski et al.: the mean and std of the unbiased polynomial MMD² over
     `subsets` random subsets of min(subset_size, N_real, N_fake) samples from each set."""
     size = min(subset_size, len(real), len(fake))
+    # Seeded, so the same features give the same KID and its std: the subsets are part of the
+    # protocol a record states, not noise between two evaluations of one checkpoint.
     gen = torch.Generator().manual_seed(seed)
     values = []
     for _ in range(subsets):
@@ -164,11 +164,16 @@ def inception_score(probs_or_logits: torch.Tensor, *, splits: int = 10, logits: 
     if splits < 1 or splits > len(p):
         raise ValueError(f"splits must be in 1..{len(p)}, got {splits}")
     scores = []
+    # Consecutive chunks, not a shuffle, as in Salimans et al.'s code: the score of a given order of
+    # images is then reproducible. p(y) is each chunk's own marginal, so 10 splits of 5,000 is the
+    # published protocol.
     for chunk in torch.tensor_split(p, splits):
         py = chunk.mean(0, keepdim=True)
+        # xlogy: 0 log 0 = 0, so a class a confident network gives probability 0 adds nothing, not NaN
         kl = (torch.special.xlogy(chunk, chunk) - torch.special.xlogy(chunk, py.expand_as(chunk))).sum(1)
         scores.append(math.exp(float(kl.mean())))
     s = torch.tensor(scores, dtype=torch.float64)
+    # the population std (numpy's default), as the reference implementation reports it
     return float(s.mean()), float(s.std(unbiased=False)) if len(s) > 1 else 0.0
 
 
@@ -180,6 +185,7 @@ def _kth_neighbour_radii(x: torch.Tensor, k: int, batch: int) -> torch.Tensor:
     radii = torch.empty(len(x), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch):
         d = torch.cdist(x[i: i + batch], x)
+        # k + 1: the row's distance to itself, 0, is the smallest; the k-th other row comes after it
         radii[i: i + batch] = d.kthvalue(k + 1, dim=1).values
     return radii
 
@@ -189,6 +195,8 @@ def _coverage(manifold: torch.Tensor, radii: torch.Tensor, probes: torch.Tensor,
     inside = 0
     for i in range(0, len(probes), batch):
         d = torch.cdist(probes[i: i + batch], manifold)
+        # "<=": a probe on a ball's surface counts as inside, as in Kynkäänniemi et al.'s definition
+        # (a real sample is then always inside the real manifold, its own ball's radius included)
         inside += int((d <= radii[None, :]).any(dim=1).sum())
     return inside / len(probes)
 

@@ -20,23 +20,11 @@ from ganforge.errors import ConfigError
 LATEST, FOLDER = "eval.json", "eval"
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """A one-line ConfigError unless files can be created in `folder` (created if missing): checked
-    before any image is generated, so a long evaluation never ends in an unwritable path."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = fsutil.temp_path(folder / "write-check")
-        probe.touch(exist_ok=False)
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"{what} {folder}: cannot write there ({e.strerror or type(e).__name__})") from None
-
-
 def check_output(run_dir: Path, json_path: Optional[Path], *, overwrite: bool = False) -> None:
     """Every place the record will be written: `--json FILE`, or the run's eval/ folder and eval.json.
     A kept record (a file in some run's eval/) is never replaced, even with `overwrite`."""
     from ganforge.outputs.files import check_output as check_file
-    from ganforge.outputs.files import is_run_folder
+    from ganforge.outputs.files import check_writable_folder, is_run_folder
 
     if json_path is not None:
         if json_path.is_dir():
@@ -52,7 +40,7 @@ def check_output(run_dir: Path, json_path: Optional[Path], *, overwrite: bool = 
         raise ConfigError(f"{run_dir / FOLDER}: is a file, not the folder of evaluation records; move it away")
     if (run_dir / LATEST).is_dir():
         raise ConfigError(f"{run_dir / LATEST}: is a folder, not the latest evaluation record; move it away")
-    check_writable(run_dir / FOLDER, "run folder")
+    check_writable_folder(run_dir / FOLDER, "run folder")
 
 
 def _stamp(seconds: float) -> str:
@@ -85,19 +73,24 @@ def save(run_dir: Path, record: dict, *, json_path: Optional[Path] = None) -> li
         return [json_path]
     folder, latest = run_dir / FOLDER, run_dir / LATEST
     folder.mkdir(parents=True, exist_ok=True)
-    if latest.is_file() and not any(folder.glob("*.json")):  # written by an older ganforge: keep it
+    # An eval.json with no eval/ records beside it was written by an older ganforge, which kept only
+    # the latest: it is filed under its own checkpoint and time first, so no number is lost.
+    if latest.is_file() and not any(folder.glob("*.json")):
         try:
             old = json.loads(latest.read_text())
             stem = f"{Path(str(old.get('checkpoint', 'latest'))).name}-{_stamp(latest.stat().st_mtime)}"
         except (OSError, ValueError, AttributeError):
             stem = f"previous-{_stamp(latest.stat().st_mtime)}"
         _write_new(folder, stem, latest.read_text())
-    when = str(record["evaluated_at"]).replace("-", "").replace(":", "")  # 20261124T221503Z
+    # The record's own time, in the compact form (20261124T221503Z): names sort by time, and a name
+    # has no ":" (which Windows file systems refuse).
+    when = str(record["evaluated_at"]).replace("-", "").replace(":", "")
     try:
         kept = _write_new(folder, f"{Path(record['checkpoint']).name}-{when}", text)
     except OSError:
         if not any(folder.iterdir()):
             folder.rmdir()  # made by check_output for this record: no empty result is left
         raise
+    # eval.json last: it is a copy, and a failure here leaves the kept record, the one that counts
     fsutil.write_text(latest, text)
     return [kept, latest]

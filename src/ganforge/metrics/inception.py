@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from ganforge import fsutil
 from ganforge.errors import GanforgeError
 from ganforge.metrics.precision import float64_on_device, strict_fp32
 
@@ -77,11 +78,7 @@ def sha256_of(path: Path, *, cache_dir: Optional[Path] = None) -> str:
     rec = records.get(key)
     if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
         return rec["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = fsutil.sha256_file(path)
     records[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     try:
         record_file.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +111,8 @@ def download_torchscript(cache_dir: Optional[Path] = None) -> Path:
     if dest.is_file():
         return dest
     part = dest.with_suffix(".part")
+    # Hashed while it streams in, and renamed into place only when the digest matches: a cut
+    # connection or a changed upstream file never leaves a file the next run would trust.
     h = hashlib.sha256()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)  # an unwritable cache: the same one line as offline
@@ -138,6 +137,9 @@ def download_torchscript(cache_dir: Optional[Path] = None) -> Path:
 def tf1_resize_matrix(in_size: int, out_size: int) -> torch.Tensor:
     """[out, in] float64 weights of TF1 `resize_bilinear(align_corners=False)` along one axis:
     output i samples the input at i * in/out, linearly between floor and floor+1 (clamped)."""
+    # TF1 maps output i to input i * scale, with no half-pixel offset: torch's align_corners=False
+    # samples at (i + 0.5) * scale - 0.5, which shifts the image by half a pixel and changes FID by
+    # whole units against published numbers. Hence this hand-built matrix, not F.interpolate.
     src = torch.arange(out_size, dtype=torch.float64) * (in_size / out_size)
     lo = src.floor().long().clamp(max=in_size - 1)
     hi = (lo + 1).clamp(max=in_size - 1)
@@ -156,6 +158,8 @@ def tf1_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
         return x
     wh = tf1_resize_matrix(h, size).to(x.device, x.dtype)
     ww = tf1_resize_matrix(w, size).to(x.device, x.dtype)
+    # rows, then columns, as two matrix products: bilinear is separable, and a 28 -> 299 resize is
+    # then two small products per image instead of a gather over 89,401 output pixels
     return torch.einsum("oh,bchw,pw->bcop", wh, x, ww)
 
 
@@ -164,9 +168,12 @@ def to_inception_input(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
     if images.shape[1] == 1:
+        # grey digits are shown to Inception as grey RGB, as every published MNIST FID does
         images = images.expand(-1, 3, -1, -1)
     elif images.shape[1] != 3:
         raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}")
+    # Resized from the uint8 values (as float), then scaled: the TF graph resizes the 0..255 image
+    # and its first op maps it to [-1, 1) by (x - 128) / 128, not (x - 127.5) / 127.5.
     x = tf1_resize(images.float())
     return (x - 128.0) / 128.0
 
@@ -234,6 +241,7 @@ class InceptionFeatures:
             from ganforge.metrics.inception_pt import load_pt_inception
 
             self.net, self.fc_weight = load_pt_inception(self.source.path, device=self.device)
+        # channels_last: the layout cuDNN's and oneDNN's fastest convolutions take, no numerical change
         self.net.eval().to(memory_format=torch.channels_last)
 
     @property
@@ -251,6 +259,7 @@ class InceptionFeatures:
             return CPU_CHUNK
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
+            # half of what is free: the generator and the batch it made share the device
             return max(1, min(GPU_CHUNK, free // 2 // GPU_BYTES_PER_IMAGE))
         return CPU_CHUNK * 4
 

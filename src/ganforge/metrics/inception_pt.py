@@ -23,6 +23,8 @@ from ganforge.errors import GanforgeError
 
 
 def _avg(x: torch.Tensor) -> torch.Tensor:
+    # count_include_pad=False: the TF graph averages only the pixels inside the image at the borders;
+    # torchvision's default counts the zero padding, a small change of every feature that moves FID.
     return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
 
 
@@ -53,6 +55,7 @@ class _BlockE(tvi.InceptionE):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b1 = self.branch1x1(x)
         b3 = self.branch3x3_1(x)
+        # the 1x3 and 3x1 halves side by side, concatenated in the TF graph's order (a, then b)
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
         d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
@@ -66,6 +69,8 @@ class PtInception(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        # 1008 classes: the TF graph's 1,000 ImageNet classes plus 8 unused outputs, which the
+        # Inception Score's softmax includes; transform_input=False: inputs come already in TF's range.
         net = tvi.Inception3(num_classes=1008, aux_logits=False, transform_input=False, init_weights=False)
         net.Mixed_5b = _BlockA(192, pool_features=32)
         net.Mixed_5c = _BlockA(256, pool_features=64)
@@ -85,6 +90,7 @@ class PtInception(nn.Module):
                       n.Mixed_6b, n.Mixed_6c, n.Mixed_6d, n.Mixed_6e,
                       n.Mixed_7a, n.Mixed_7b, n.Mixed_7c):
             x = layer(x)
+        # pool_3: the 8x8 map averaged to [B, 2048], the features FID is defined on (before dropout and fc)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
@@ -96,6 +102,7 @@ def from_torchscript(script: torch.jit.ScriptModule) -> PtInception:
     carry the batch norm as a bias and run in channels_last, which oneDNN computes 1.8x faster on
     CPU than the scripted graph (benchmarks/README.md); features agree to float32 rounding.
     """
+    # Matched by order, not by name: the scripted module's names are its own; the shapes are checked.
     blocks = [m for _, m in script.net.layers.named_modules() if hasattr(m, "beta")]
     model = PtInception()
     convs = [m for m in model.net.modules() if isinstance(m, tvi.BasicConv2d)]
@@ -104,6 +111,7 @@ def from_torchscript(script: torch.jit.ScriptModule) -> PtInception:
     with torch.no_grad():
         for b, c in zip(blocks, convs):
             scale = (b.var + c.bn.eps).rsqrt()  # TF's batch norm here has no gamma
+            # BN(conv(x)) = conv(x) * scale + (beta - mean * scale): folded into one convolution
             c.conv.weight.copy_(b.weight * scale[:, None, None, None])
             c.conv.bias = nn.Parameter(b.beta - b.mean * scale)
             # torchvision declares bn a BatchNorm2d; once folded into the bias it becomes the identity.
@@ -123,6 +131,7 @@ def load_pt_inception(path: Path, *, device: torch.device) -> tuple[PtInception,
     if missing:
         raise GanforgeError(f"{path} is not a pt_inception-2015-12-05 state dict (missing {missing[0]} and "
                             f"{len(missing) - 1} more keys)")
+    # only the keys the network has: the file also carries the auxiliary classifier, which FID never uses
     model.net.load_state_dict({k: state[k] for k in own})
     model.to(device).eval()
     return model, model.fc.weight.detach()

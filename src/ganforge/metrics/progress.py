@@ -28,11 +28,12 @@ def duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
-class Progress:
-    """Work measured in estimated seconds; `advance(cost)` after each batch."""
+class EvalProgress:
+    """An evaluation's work, measured in estimated seconds; `advance(cost)` after each batch."""
 
     def __init__(self, total: float, *, log: Optional[Callable[[str], None]], tty: Optional[bool] = None):
         self.estimate, self.elapsed = total, 0.0
+        # max(.., 1e-9): an evaluation whose every side is cached has no work left to divide by
         self.total, self.done, self.log = max(total, 1e-9), 0.0, log
         self.start, self.next_line = time.perf_counter(), 1   # in tenths of the work
         self.bar = None
@@ -51,11 +52,14 @@ class Progress:
             # by an ulp; without snapping, the last 10 % line would never come
             self.done = self.total
         if self.bar is not None:
-            self.bar.update(round(self.done - self.bar.n, 3))
+            self.bar.update(round(self.done - self.bar.n, 3))  # rounded: tqdm's counter drifts on float steps
         elif self.log is not None and 10 * self.done >= self.next_line * self.total:
             fraction = self.done / self.total
+            # the time to go from the rate so far, which includes this machine's load now, rather than
+            # from the first batch's estimate alone
             left = (time.perf_counter() - self.start) * (1 - fraction) / max(fraction, 1e-9)
             self.log(f"  eval {fraction:4.0%} done, about {duration(left)} to go")
+            # the next tenth after this one: a batch that covers several tenths prints one line, not several
             self.next_line = int(10 * fraction + 1e-9) + 1
 
     def close(self) -> None:

@@ -42,6 +42,8 @@ def key(*, data: str, dataset: str, split: str, n_real: Optional[int], network: 
 
 
 def path_for(folder: Path, k: dict) -> Path:
+    # A readable stem so a person can tell the entries apart in a listing; the digest of the whole
+    # key keeps two entries with the same stem (two `folder` data sets) apart.
     digest = hashlib.sha256(repr(sorted(k.items())).encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{k['dataset']}_{k['split']}_{k['n_real']}_{k['network']}")
     return folder / f"{stem}_{digest}.pt"
@@ -50,7 +52,10 @@ def path_for(folder: Path, k: dict) -> Path:
 def load(path: Path, k: dict, needs: set[str]) -> Optional[Side]:
     """The cached side, or None when the entry is absent, unreadable, another key's or lacks what is needed."""
     try:
+        # weights_only: a cache folder may be shared, and a pickle could run code; tensors cannot
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        # the key is compared whole, not trusted from the file name: a renamed or copied entry
+        # of other data is a miss
         if saved.get("key") != k or ("features" in needs and "features" not in saved):
             return None
         return Side(n=int(saved["n"]), mu=saved["mu"].numpy(), sigma=saved["sigma"].numpy(),
@@ -79,6 +84,7 @@ def agree(hit: bool, *, device: Union[str, torch.device], group: bool) -> bool:
 
     on = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
     flag = torch.tensor([1 if hit else 0], device=on)
+    # MIN: one rank's miss is everyone's, since the sharded feature pass that follows needs every rank
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 

@@ -29,6 +29,7 @@ def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int
 
     `model.arch_d` takes D from another architecture's pair; `model.d_sn` spectrally normalises D.
     """
+    # one class conditions on nothing; the folder data set reports 0 when its images are not in subfolders
     if cfg.conditional and num_classes < 2:
         raise ConfigError("model.conditional=true needs a labelled dataset (this one has no class labels): use "
                           "mnist, fashion-mnist, mnist-5k, cifar10 or a folder with one subfolder per class, "
@@ -36,6 +37,7 @@ def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int
     kw = dict(channels=channels, size=size, num_classes=num_classes if cfg.conditional else 0)
     g, d = MODELS.get(cfg.arch)(cfg, **kw)
     if cfg.arch_d and cfg.arch_d != cfg.arch:
+        # the other pair is built whole and its G dropped: each builder knows only its own pair's D
         _, d = MODELS.get(cfg.arch_d)(cfg, **kw)
     if cfg.d_mbstd and not any(isinstance(m, MinibatchStd) for m in d.modules()):
         raise ConfigError(f"model.d_mbstd={cfg.d_mbstd}: the {cfg.arch_d or cfg.arch} discriminator has no minibatch "
@@ -55,6 +57,8 @@ def spectral_normalise(module: nn.Module) -> nn.Module:
     from torch.nn.utils.parametrizations import spectral_norm
 
     for m in list(module.modules()):
+        # the projection's embedding too: an unbounded class term would undo the Lipschitz bound
+        # that spectral norm gives the rest of D
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
             spectral_norm(m)
     return module

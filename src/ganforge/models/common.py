@@ -19,6 +19,8 @@ def dcgan_init(module: nn.Module) -> None:
     """Radford et al. 2016: weights ~ N(0, 0.02); batch-norm scales ~ N(1, 0.02), shifts 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            # PyTorch's default (Kaiming uniform) trains these GANs too, but slower and less alike
+            # between seeds; the paper's 0.02 is what the presets' learning rates were tuned with.
             nn.init.normal_(m.weight, 0.0, 0.02)
             bias = getattr(m, "bias", None)  # Embedding has none; the others may be built with bias=False
             if bias is not None:
@@ -30,6 +32,7 @@ def dcgan_init(module: nn.Module) -> None:
 
 def conv_stages(size: int, *, arch: str) -> tuple[int, int]:
     """Split `size` into a start resolution (4 or 7) and a number of 2x stages: 28 = 7*2^2, 64 = 4*2^4."""
+    # 7 for MNIST's 28 pixels, 4 for the powers of two; 4 first, so 56 = 7*8 but 64 = 4*16, never 7*9.1
     for start in (4, 7):
         stages = math.log2(size / start) if size >= start else -1.0
         if stages >= 1 and stages.is_integer():
@@ -54,7 +57,8 @@ class LatentWithLabel(nn.Module):
             return z
         if labels is None:
             raise ValueError("this generator is conditional: pass labels")
-        return torch.cat([z, self.embed(labels)], dim=1)
+        # a learned embedding rather than a one-hot: it works for any number of classes at one width
+        return torch.cat([z, self.embed(labels)], dim=1)  # [B, z + embed_dim]
 
 
 class Projection(nn.Module):
@@ -69,6 +73,8 @@ class Projection(nn.Module):
             return logit
         if labels is None:
             raise ValueError("this discriminator is conditional: pass labels")
+        # <embed(y), phi(x)>: [B, F] * [B, F] summed to [B]. An inner product, not a label joined to
+        # the input, so D judges "is this a real y" without first having to learn what y means.
         return logit + (self.embed(labels) * features).sum(dim=1)
 
 
@@ -88,7 +94,10 @@ class MinibatchStd(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         g = max(k for k in range(1, min(self.group, b) + 1) if b % k == 0)
+        # In float32 even under bf16 autocast: the differences of near-identical samples, the very
+        # thing this layer measures, are below bf16's 8-bit mantissa.
         y = x.float().view(g, b // g, *x.shape[1:])  # [G, M, C, H, W]: sample i of group m is m + i*M
+        # + 1e-8 inside the root: the gradient of sqrt at 0 is infinite, and identical samples give 0
         y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [M]
         y = y.repeat(g).view(b, 1, 1, 1).expand(b, 1, h, w)
         return torch.cat([x, y.to(x.dtype)], dim=1)

@@ -36,12 +36,15 @@ class DCGANGenerator(nn.Module):
         for _ in range(stages - 1):  # each doubles the side and halves the channels
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
             ch //= 2
+        # tanh: images in [-1, 1], the range the data is scaled to (and no batch norm on the output,
+        # as the paper prescribes)
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]  # [B, C, size, size]
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.cond(z, labels)
+        h = self.cond(z, labels)  # [B, z (+ embed)]
+        # the latent as a 1x1 map: the first transposed convolution is then the paper's projection
         return self.net(h[:, :, None, None])
 
 
@@ -63,9 +66,12 @@ class DCGANDiscriminator(nn.Module):
         if norm not in D_NORMS:
             raise ConfigError(f"model.d_norm={norm!r}: choose one of: {', '.join(D_NORMS)}")
         start, stages = conv_stages(size, arch="dcgan")
+        # No normalisation on the first layer (Radford et al. 2016, section 3): normalising the input
+        # layer made their models oscillate. [B, C, size, size] -> [B, w, size/2, size/2]
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         ch = width
         for _ in range(stages - 1):  # [B, ch, s, s] -> [B, 2ch, s/2, s/2]
+            # a bias only without a normalisation: batch and layer norm subtract the mean, cancelling it
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm == "none"), _d_norm(norm, ch * 2),
                        nn.LeakyReLU(0.2, True)]
             if dropout:
@@ -79,7 +85,9 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x)
-        logit = self.head(self.mbstd(h) if self.mbstd else h).flatten()
+        logit = self.head(self.mbstd(h) if self.mbstd else h).flatten()  # [B]
+        # the projection's phi(x): D's last map summed over its positions, [B, ch] (the global sum
+        # pooling of Miyato & Koyama's discriminator)
         return self.project(logit, h.sum(dim=(2, 3)), labels)
 
 

@@ -1,10 +1,11 @@
 """Fully connected GANs, as in the founding documents on MNIST (any size and channel count).
 
-- `mlp`: seed 003, model 1. G: z (100) -> 256 -> 512 -> 1024 -> C*H*W with ReLU and Tanh;
+- `mlp`: model 1 of "GANs for handwritten digits". G: z (100) -> 256 -> 512 -> 1024 -> C*H*W with ReLU and Tanh;
   D: C*H*W -> 1024 -> 512 -> 256 -> 1 with LeakyReLU(0.2) (Goodfellow et al. 2014's setting).
-- `mlp-bn`: seed 003, model 2: the same G with batch norm and LeakyReLU(0.2); D with
-  LeakyReLU and dropout (seed 002).
-- `mlp-bn-relu`: seed 002's generator: fully connected layers with batch norm and ReLU.
+- `mlp-bn`: model 2 of "GANs for handwritten digits": the same G with batch norm and
+  LeakyReLU(0.2); D with LeakyReLU and dropout (as in "Realistic Image Generation with GANs").
+- `mlp-bn-relu`: the generator of "Realistic Image Generation with GANs": fully connected layers
+  with batch norm and ReLU.
 
 Widths scale with the config: G's hidden layers are 4, 8 and 16 times `model.g_channels`, D's
 16, 8 and 4 times `model.d_channels`, so the default 64 gives exactly the documents' 256/512/1024.
@@ -52,7 +53,8 @@ class MLPGenerator(nn.Module):
 class FCDiscriminator(nn.Module):
     """[B, C, H, W] (+ label) -> flatten -> 16w -> 8w -> 4w -> one logit per image, [B].
 
-    Also the discriminator of `upsample` (seed 000: "fully connected layers with dropout").
+    Also the discriminator of `upsample` (the three-data-set GAN study's MNIST model: "fully connected
+    layers with dropout").
     """
 
     def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, dropout: float = 0.0):
@@ -61,11 +63,13 @@ class FCDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         fan_in = channels * size * size + self.cond.extra
         for h in (16 * width, 8 * width, 4 * width):
+            # LeakyReLU in D (as in Radford et al.): a unit with a negative input still passes some
+            # gradient back to G, where a ReLU would pass none
             layers += [nn.Linear(fan_in, h), nn.LeakyReLU(0.2, inplace=True)]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             fan_in = h
-        layers.append(nn.Linear(fan_in, 1))
+        layers.append(nn.Linear(fan_in, 1))  # a logit, not a sigmoid: the losses take logits (stable BCE)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

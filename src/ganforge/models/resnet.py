@@ -42,6 +42,7 @@ class CondBatchNorm(nn.Module):
         if labels is None:
             raise ValueError("this generator is conditional: pass labels")
         gamma, beta = self.embed(labels)[:, :, None, None].chunk(2, dim=1)  # [B, ch, 1, 1] each
+        # 1 + gamma: with the embedding drawn near 0 every class starts at scale 1, shift 0
         return h * (1 + gamma) + beta
 
 
@@ -54,8 +55,10 @@ class GBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        # nearest-neighbour doubling (interpolate's default), as in SNGAN's blocks: no learned
+        # upsampling, so no checkerboard from uneven kernel overlap
         h = F.interpolate(F.relu(self.bn1(x, labels)), scale_factor=2.0)  # [B, c_in, 2s, 2s]
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), labels)))
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), labels)))           # [B, c_out, 2s, 2s]
         return h + self.skip(F.interpolate(x, scale_factor=2.0))
 
 
@@ -72,7 +75,7 @@ class ResNetGenerator(nn.Module):
         self.out = nn.Conv2d(widths[-1], channels, 3, 1, 1)  # -> [B, C, size, size]
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.linear(z).view(-1, self.ch0, self.start, self.start)
+        h = self.linear(z).view(-1, self.ch0, self.start, self.start)  # [B, ch0, s0, s0]
         for block in self.blocks:
             h = block(h, labels)
         return torch.tanh(self.out(F.relu(self.bn(h, labels))))
@@ -116,6 +119,7 @@ class ResNetDiscriminator(nn.Module):
         self.project = Projection(num_classes, widths[-1])
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # global sum pooling (SNGAN's), which the projection term then reads too
         h = F.leaky_relu(self.blocks(x), 0.2).sum(dim=(2, 3))  # [B, w_last]
         return self.project(self.linear(h).flatten(), h, labels)
 

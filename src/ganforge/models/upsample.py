@@ -1,5 +1,6 @@
-"""`upsample`: seed 000's MNIST GAN. G grows a small map by upsampling followed by a convolution,
-with batch norm and LeakyReLU(0.2); D is fully connected with dropout (see `mlp.FCDiscriminator`).
+"""`upsample`: the MNIST GAN of the three-data-set GAN study (MNIST, CelebA, CIFAR-10). G grows a
+small map by upsampling followed by a convolution, with batch norm and LeakyReLU(0.2); D is fully
+connected with dropout (see `mlp.FCDiscriminator`).
 
 Upsampling (nearest or bilinear, `model.upsample`) then a 3x3 convolution, rather than a strided
 transposed convolution, avoids the checkerboard artefacts of uneven kernel overlap (Odena et al.
@@ -35,6 +36,7 @@ class UpsampleGenerator(nn.Module):
         self.cond = LatentWithLabel(num_classes, z_dim)
         self.ch = ch = width * 2 ** (stages - 1)
         # [B, z (+ embed)] -> [B, ch * start * start], reshaped to [B, ch, start, start] in forward
+        # no bias: the batch norm right after it subtracts the mean
         self.project = nn.Linear(z_dim + self.cond.extra, ch * start * start, bias=False)
         layers: list[nn.Module] = [nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, inplace=True)]
         # Bilinear needs align_corners stated; False matches how image libraries resize.

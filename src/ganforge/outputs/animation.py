@@ -21,8 +21,9 @@ FRAME_MS, LAST_MS = 400, 2000
 
 def grid_image(images: torch.Tensor, *, nrow: int, padding: int = 2) -> Image.Image:
     """uint8 [B, C, H, W] -> one PIL grid, `nrow` images per row, black padding (as the training grids)."""
-    g = make_grid(images, nrow=nrow, padding=padding, pad_value=0)  # [C, H', W'] uint8
-    arr = g.permute(1, 2, 0).numpy()
+    g = make_grid(images.cpu(), nrow=nrow, padding=padding, pad_value=0)  # [C, H', W'] uint8
+    arr = g.permute(1, 2, 0).numpy()  # PIL's [H, W, C]
+    # make_grid repeats one channel three times; a grey grid is saved as grey, a third of the size
     return Image.fromarray(arr[:, :, 0] if images.shape[1] == 1 else arr)
 
 
@@ -52,6 +53,8 @@ def save_image_atomic(image: Image.Image, path: Path, **kwargs) -> Path:
 
 
 def _gif_options(frames: list[Image.Image], frame_ms: int, last_ms: int) -> dict[str, Any]:
+    # the last frame held longer, so a viewer sees where training ended before the loop restarts;
+    # loop=0 repeats for ever
     return dict(format="GIF", save_all=True, append_images=frames[1:],
                 duration=[frame_ms] * (len(frames) - 1) + [last_ms], loop=0)
 
@@ -85,6 +88,7 @@ def progress_frames(run_dir: Path) -> list[Image.Image]:
             frames.append(with_caption(im.convert("RGB"), f"epoch {epoch}"))
     if not frames:
         return frames
+    # one size for every frame (a GIF has one canvas): a caption longer than the grid widens its frame
     size = (max(f.width for f in frames), max(f.height for f in frames))
     return [f if f.size == size else f.resize(size) for f in frames]
 

@@ -21,6 +21,8 @@ from ganforge.outputs.files import atomic_output
 from ganforge.outputs.model import Model, labels_for, latents
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+# Largest difference from PyTorch's output allowed, in [-1, 1] units: far below one uint8 level
+# (1/127.5), and above the float32 reordering ONNX Runtime's fused kernels bring.
 TOLERANCE = 1e-4
 
 
@@ -28,6 +30,8 @@ class ExportError(GanforgeError):
     """The exported generator does not reproduce PyTorch's output, or the exporter failed."""
 
 
+# Wrappers give the exported graph a fixed signature: (z, labels) or (z) alone, without the
+# optional `labels=None` a traced graph cannot keep.
 class _Conditional(nn.Module):
     def __init__(self, g: nn.Module):
         super().__init__()
@@ -65,6 +69,8 @@ def _export_onnx(module: nn.Module, model: Model, path: Path) -> None:
     names = ["z", "labels"] if model.conditional else ["z"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        # Traced with a batch of 2, not 1: a batch of 1 lets the tracer fold the batch dimension into
+        # constants; opset 17, which current ONNX Runtime versions and browsers' runtimes all load.
         torch.onnx.export(module, example_inputs(model, 2), str(path), input_names=names, output_names=["images"],
                           dynamic_axes={n: {0: "batch"} for n in names + ["images"]}, opset_version=17,
                           dynamo=False)
@@ -111,7 +117,10 @@ def export(model: Model, *, fmt: str, out: Path, overwrite: bool = False) -> dic
     """Write the generator to `out` and verify it; returns the check's figures. Nothing is left on failure."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    # on the CPU in eval mode: batch norm then uses its running statistics, as any user of the file will
     module = (_Conditional if model.conditional else _Unconditional)(model.g.cpu().eval()).eval()
+    # checked on another batch size and other latents than it was traced with (2, seed 1234): a
+    # batch size baked into the graph, or a traced data-dependent branch, shows up here
     check_inputs = example_inputs(model, 5, seed=99)
     with torch.no_grad():
         expected = module(*check_inputs)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from ganforge import fsutil
-from ganforge.errors import UsageError
+from ganforge.errors import ConfigError, UsageError
 
 MAX_SCAN = 20_000  # entries looked at to tell whether a folder holds a run; a larger folder is refused
 
@@ -92,15 +92,21 @@ def check_protected(out: Path, what: str = "--out", *, own_file: bool = False) -
 
 
 def check_writable(folder: Path, what: str, out: Path) -> None:
-    """Create and remove a probe file in `folder`: os.access says yes to root even where the file
-    system is read-only, so only trying tells."""
-    probe = fsutil.temp_path(folder / "write-check")
+    """One line unless a file can be created in `folder`, the folder `out` will be written into."""
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fsutil.probe_writable(folder)
     except OSError as exc:
         raise UsageError(f"{what} {out}: cannot write in {folder} ({exc.strerror or exc})") from None
-    os.close(fd)
-    probe.unlink(missing_ok=True)
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """One line unless files can be created in `folder` (created when missing): checked before any
+    work, so a long training or evaluation never ends at a path it cannot write."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fsutil.probe_writable(folder)
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder}: cannot write there ({exc.strerror or exc})") from None
 
 
 def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, what: str = "--out",
@@ -108,6 +114,8 @@ def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, wha
     """Refuse, with one line, an output that is protected, exists, sits in no writable folder, or will not fit."""
     out = Path(out)
     check_protected(out, what, own_file=own_file)
+    # is_symlink too: a dangling link "does not exist", yet writing through it would create a file
+    # wherever it points
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UsageError(f"{what} {out}: already exists; choose another path or pass --overwrite")
     parent = out.absolute().parent
@@ -115,6 +123,8 @@ def check_output(out: Path, *, overwrite: bool = False, need_bytes: int = 0, wha
         kind = "is not a folder" if parent.exists() else "does not exist; create it first"
         raise UsageError(f"{what} {out}: cannot write there: {parent} {kind}")
     check_writable(parent, what, out)
+    # Refused up front when it cannot fit: a full disk halfway through a million PNGs leaves nothing
+    # (the atomic write removes its temporary), but only after all that work.
     free = shutil.disk_usage(parent).free
     if need_bytes > free:
         raise UsageError(f"{what} {out}: needs about {need_bytes / 2**20:,.0f} MiB but {parent} has "

@@ -23,10 +23,13 @@ MAX_STEPS, MAX_ROWS = 64, 32
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Points at fractions t [T] along the great circle from a to b, [..., D] -> [..., T, D]."""
+    # Spherical, not linear (White 2016, "Sampling Generative Networks"): a Gaussian latent's mass
+    # lies near a sphere of radius sqrt(D), and the midpoint of a straight line between two such
+    # points is well inside it, where G saw no latents during training.
     t = t.view(*([1] * (a.dim() - 1)), -1, 1)
     a, b = a.unsqueeze(-2), b.unsqueeze(-2)
     cos = (a / a.norm(dim=-1, keepdim=True) * b / b.norm(dim=-1, keepdim=True)).sum(-1, keepdim=True)
-    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))  # clamped: round-off can put cos just past +-1 (NaN)
     so = torch.sin(omega)
     linear = (1 - t) * a + t * b  # nearly parallel endpoints: the arc is a line
     arc = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / so.clamp_min(1e-7)
@@ -35,6 +38,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def walks(model: Model, *, rows: int, steps: int, seed: int, truncation: Optional[float] = None):
     """(latents [R', steps, z], labels [R'] or None): R walks, repeated for every class of a conditional model."""
+    # the seed's first 2R latents, the same `ganforge sample --seed` draws: a walk's ends are images
+    # the user may already have seen
     ends = latents(seed, 0, 2 * rows, model.z_dim, truncation).view(rows, 2, model.z_dim)
     z = slerp(ends[:, 0], ends[:, 1], torch.linspace(0, 1, steps))          # [R, steps, z]
     if not model.conditional:

@@ -182,8 +182,13 @@ def labels_for(model: Model, start: int, stop: int, k: Optional[int]) -> Optiona
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] in [-1, 1] -> uint8 on the CPU, rounded the way torchvision's save_image does."""
-    return images.float().add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8).cpu()
+    """[B, C, H, W] in [-1, 1] -> uint8 on the same device: the one conversion of generated images,
+    for the files `sample` writes, the training grids and the images `eval` measures alike.
+
+    Rounded the way torchvision's save_image does (+0.5, then truncated), so a PNG written by another
+    PyTorch tool from the same output has the same pixels; the clamp comes after the scaling, so a
+    generator overshooting [-1, 1] saturates at 0 and 255 instead of wrapping around."""
+    return images.float().add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()

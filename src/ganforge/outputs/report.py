@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 from typing import Optional
 
-from ganforge import __version__, fsutil
+from ganforge import __version__
 from ganforge.outputs.animation import gif_bytes, progress_frames
 from ganforge.outputs.runs import RunInfo
 
@@ -34,6 +34,8 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 
 
 def data_uri(data: bytes, mime: str) -> str:
+    # Images inlined as data: URIs, so report.html is one file that can be mailed or archived and
+    # still shows everything, without the run folder beside it.
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
@@ -146,8 +148,3 @@ def render(run: RunInfo) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>ganforge report: {html.escape(run.name)}</title><style>{STYLE}</style></head>"
             f"<body>{''.join(parts)}</body></html>\n")
-
-
-def write_report(run: RunInfo, out: Optional[Path] = None) -> Path:
-    """RUN_DIR/report.html (or `out`), replaced atomically."""
-    return fsutil.write_text(Path(out) if out else run.dir / "report.html", render(run))

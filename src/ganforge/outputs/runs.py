@@ -59,6 +59,8 @@ class RunInfo:
         rows = self.losses
         if not rows:
             return math.nan, math.nan
+        # the records logged during the last epoch begun ("epoch" counts fractions: 2.5 is half of
+        # epoch 3); the 1e-9 keeps an epoch that ended exactly at 3.0 the third, not the fourth
         final = math.ceil(rows[-1]["epoch"] - 1e-9)
         tail = [r for r in rows if r["epoch"] > final - 1] or rows[-1:]
         def mean(key: str) -> float:  # a window with no generator step logs no loss_g
@@ -78,7 +80,8 @@ class RunInfo:
     def protocol(self, metric: str) -> tuple:
         """How `metric` (a key of eval.json, or a sub-value like pr_precision) was computed."""
         metrics = (self.eval or {}).get("metrics", {})
-        base = metric if metric in metrics else metric.rsplit("_", 1)[0]
+        base = metric if metric in metrics else metric.rsplit("_", 1)[0]  # pr_precision -> pr
+        # the record's own fields over the evaluation's: a metric may say its N real or network itself
         rec = {**(self.eval or {}), **metrics.get(base, {})}
         return tuple(rec.get(k) for k in PROTOCOL_KEYS)
 

@@ -21,6 +21,8 @@ from PIL import Image
 from ganforge.outputs.files import atomic_output
 from ganforge.outputs.model import Model, batches, check_class, check_count, check_seed, check_truncation
 
+# A folder name on every file system: no separators, no leading dot or dash, nothing a shell quotes
+# ("T-shirt/top", a Fashion-MNIST class, would be a path); otherwise the class indices are used.
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -29,7 +31,7 @@ def class_folders(model: Model) -> list[str]:
     names = [model.class_name(k) for k in range(model.num_classes)]
     if all(_SAFE.match(n) for n in names) and len(set(names)) == len(names):
         return names
-    width = len(str(model.num_classes - 1))
+    width = len(str(model.num_classes - 1))  # zero-padded, so the folders sort in class order
     return [f"{k:0{width}d}" for k in range(model.num_classes)]
 
 
@@ -46,6 +48,8 @@ def _bar(n: int, show: bool):
 
 def write_pngs(model: Model, n: int, tmp: Path, *, seed: int, k: Optional[int], truncation: Optional[float],
                show_progress: bool = True) -> None:
+    # Names zero-padded to one width: a file manager and `ls` sort them in generation order, and
+    # image i of a seed has the same name whatever --n was.
     width = max(6, len(str(n - 1)))
     folders = class_folders(model) if model.conditional else []
     for name in folders if k is None else folders[k:k + 1]:
@@ -60,6 +64,7 @@ def write_pngs(model: Model, n: int, tmp: Path, *, seed: int, k: Optional[int], 
                     label = int(labels[j])
                     rel = f"{folders[label]}/{rel}"
                     rows.append((rel, label, model.class_name(label)))
+                # level 4: within a few percent of level 9's size at a fraction of its time
                 to_pil(image).save(tmp / rel, compress_level=4)
             bar.update(len(images))
     if model.conditional:
@@ -70,6 +75,9 @@ def write_pngs(model: Model, n: int, tmp: Path, *, seed: int, k: Optional[int], 
 
 
 def _stream_array(zf: zipfile.ZipFile, name: str, dtype: np.typing.DTypeLike, shape: tuple[int, ...]):
+    """An .npy member of the archive, its header written, ready for the raw bytes: np.savez would
+    need the whole array in memory, and a million 64x64 RGB images are 12 GB."""
+    # force_zip64: the size is not known when the member is opened, and it may pass 4 GiB
     f = zf.open(name + ".npy", "w", force_zip64=True)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_1_0(f, header)
@@ -79,6 +87,7 @@ def _stream_array(zf: zipfile.ZipFile, name: str, dtype: np.typing.DTypeLike, sh
 def write_npz(model: Model, n: int, tmp: Path, *, seed: int, k: Optional[int], truncation: Optional[float],
               show_progress: bool = True) -> None:
     labels_all = np.zeros(n, dtype=np.int64)
+    # ZIP_STORED, as np.savez does: np.load can then map or read the members without inflating them
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         f = _stream_array(zf, "images", np.uint8, (n, model.channels, model.size, model.size))
         with f, _bar(n, show_progress) as bar:

@@ -29,7 +29,9 @@ from ganforge.outputs.model import (
     to_uint8,
 )
 
-MAX_COUNT = 64
+MAX_COUNT = 64  # an 8 x 8 grid: enough to judge variety, small enough to come back at once on a CPU
+# The browser's own fonts: Gradio's default theme fetches Google Fonts, which an offline machine
+# cannot reach (the page would wait on the request before it draws).
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "Menlo", "Consolas", "monospace"]
 
@@ -58,9 +60,11 @@ def make_images(model: Model, *, seed, count, label, truncation, max_count: int 
     count = check_count(_int(count, "count") or 0, limit=max_count, what="count")
     k = check_class(model, _int(label, "class"), "class")
     t = check_truncation(float(truncation) if truncation not in (None, "", 0) else None, "truncation")
+    # the seed's first `count` latents, as `ganforge sample --seed` draws them: the page and the
+    # command line show the same images for the same seed
     z = latents(seed, 0, count, model.z_dim, t)
     images = to_uint8(generate(model, z, labels_for(model, 0, count, k)))
-    grid = grid_image(images, nrow=math.ceil(math.sqrt(count)))
+    grid = grid_image(images, nrow=math.ceil(math.sqrt(count)))  # as square as the count allows
     path = out_dir / f"ganforge-{model.run_dir.name}-seed{seed}-n{count}{'' if k is None else f'-class{k}'}.png"
     grid.save(path)
     prune_downloads(out_dir)
@@ -89,6 +93,7 @@ def build_app(model: Model, *, max_count: int = MAX_COUNT, out_dir: Optional[Pat
         return grid, path, caption
 
     def reroll(count, label, truncation):
+        # below 2^31: a seed the user can type back, and one JavaScript's numbers hold exactly
         seed = secrets.randbelow(2**31)
         return (seed, *run(seed, count, label, truncation))
 

@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from ganforge import fsutil
 
@@ -34,11 +34,6 @@ def unique_run_dir(out: Path, name: str) -> Path:
             n += 1
 
 
-def image_grid(images: torch.Tensor, *, nrow: int) -> torch.Tensor:
-    """[B, C, H, W] in [-1, 1] -> one [C, H', W'] grid in [0, 1]."""
-    return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-
-
 class RunLog:
     def __init__(self, run_dir: Path, *, resume_step: int | None = None):
         self.dir = run_dir
@@ -51,7 +46,8 @@ class RunLog:
             self.truncate(resume_step)
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step hides events a killed run wrote after its last checkpoint.
+        # purge_step hides events a killed run wrote after its last checkpoint, so TensorBoard's
+        # curves of a resumed run show one history, not two overlapping ones.
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
 
     def truncate(self, step: int) -> None:
@@ -61,6 +57,8 @@ class RunLog:
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        # Appended, not rewritten: one short write per window, and a kill mid-write costs at most
+        # the last line, which `runs.read_run` then skips.
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         step = record["step"]
@@ -69,11 +67,15 @@ class RunLog:
                 self.tb.add_scalar(key, value, step)
 
     def save_grid(self, images: torch.Tensor, name: str, *, step: int, nrow: int = 8, tag: str = "samples") -> Path:
+        """samples/<name> and a TensorBoard image from images [B, C, H, W] in [-1, 1]: the same uint8
+        conversion and grid as `ganforge sample` and `interpolate` (outputs.model, outputs.animation)."""
+        from ganforge.outputs.animation import grid_image, save_image_atomic
+        from ganforge.outputs.model import to_uint8
+
         path = self.dir / "samples" / name
-        grid = image_grid(images, nrow=nrow)
-        with fsutil.atomic_file(path) as tmp:
-            save_image(grid, tmp)
-        self.tb.add_image(tag, grid, step)
+        grid = grid_image(to_uint8(images.detach()), nrow=nrow)
+        save_image_atomic(grid, path)
+        self.tb.add_image(tag, np.asarray(grid.convert("RGB")), step, dataformats="HWC")
         return path
 
     def plot_losses(self, *, probabilities: bool = True) -> Path:
@@ -126,7 +128,9 @@ class Snapshots:
     COLUMNS = 8
 
     def __init__(self, *, seed: int, z_dim: int, num_samples: int, num_classes: int, device: torch.device):
-        g = torch.Generator().manual_seed(seed + 12345)  # apart from the training noise: resumes see the same grid
+        # A generator of its own, offset from the training seed: the grids' latents never consume the
+        # training noise stream, so a resumed run shows the same grid and trains on the same noise.
+        g = torch.Generator().manual_seed(seed + 12345)
         if num_classes:
             z = torch.randn(self.COLUMNS, z_dim, generator=g).repeat(num_classes, 1)
             labels: torch.Tensor | None = torch.arange(num_classes).repeat_interleave(self.COLUMNS).to(device)
@@ -139,6 +143,7 @@ class Snapshots:
         """The generator's images [N, C, H, W] in [-1, 1] for the fixed latents, in eval mode."""
         was_training = generator.training
         generator.eval()
+        # eval mode: batch norm uses its running statistics, as every later `sample` of the run will
         out = torch.cat([generator(self.z[i : i + 256], None if self.labels is None else self.labels[i : i + 256])
                          for i in range(0, len(self.z), 256)])
         generator.train(was_training)

@@ -1,4 +1,4 @@
-"""Pure functions over features for auditing synthetic images: memorisation and coverage.
+"""The audit's metrics, pure functions over features: memorisation and coverage (`metrics.auditing` runs the audit).
 
 - Nearest-neighbour search of many query rows against a large reference set (60,000 training
   images) by blocked matrix products: argmin ||q - r||² = argmin (||r||² - 2 q·r), a running
