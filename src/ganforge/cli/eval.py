@@ -138,6 +138,10 @@ def format_table(record: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r[:5], widths)) + ("  " + r[5] if r[5] else "") for r in rows]
     lines.insert(1, "-" * max(len(x) for x in lines[:1]))
+    if record.get("privacy"):
+        from ganforge.training.privacy import describe
+
+        lines.append(describe(record["privacy"]))
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -213,8 +217,11 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "ganforge" in str(w.filename) + str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
+    from ganforge.training.privacy import summary
+
+    private = summary(run_dir)  # a private run's records say under which guarantee its generator was trained
     record.update(reference_data_digest=digest, run_dir=str(run_dir), checkpoint=str(checkpoint),
-                  arch=cfg.model.arch, preset=cfg.preset,
+                  arch=cfg.model.arch, preset=cfg.preset, **({"privacy": private} if private else {}),
                   data_dir=str(root) if root else None,
                   evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(format_table(record))

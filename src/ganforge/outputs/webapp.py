@@ -28,6 +28,7 @@ from ganforge.outputs.model import (
     latents,
     to_uint8,
 )
+from ganforge.training.privacy import describe, summary
 
 MAX_COUNT = 64
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
@@ -93,8 +94,10 @@ def build_app(model: Model, *, max_count: int = MAX_COUNT, out_dir: Optional[Pat
         return (seed, *run(seed, count, label, truncation))
 
     with gr.Blocks(title=f"ganforge: {model.run_dir.name}", analytics_enabled=False) as app:
+        private = summary(model.run_dir)
         gr.Markdown(f"## {model.run_dir.name}\n{cfg.model.arch} on {cfg.data.name}, {classes}; step {model.step} "
-                    f"({'EMA generator' if model.ema else 'generator'} of `{model.checkpoint.name}`)")
+                    f"({'EMA generator' if model.ema else 'generator'} of `{model.checkpoint.name}`)"
+                    + (f"; {describe(private)}" if private else ""), elem_id="about")
         with gr.Row():
             with gr.Column(scale=1):
                 # precision=None: Gradio would round 2.5 to 2 silently; the checks refuse a non-integer instead
