@@ -282,7 +282,7 @@ def _private(description: str, data: DataConfig, *, epochs: int) -> Config:
     )
 
 
-@register_preset("mnist-dp", source="Bie, Kamath and Zhang 2023 (Private GANs, Revisited): DP-SGD on a "
+@register_preset("mnist-dp", source="Bie et al. 2023 (Private GANs, Revisited), DP-SGD of Abadi et al. 2016 on a "
                                     "normalisation-free DCGAN D, adaptive D steps per G step; epsilon 10, delta 1e-5")
 def mnist_dp() -> Config:
     return _private("differentially private class-conditional DCGAN on MNIST, (10, 1e-5)-DP; about 2 hours on "

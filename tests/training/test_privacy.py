@@ -167,6 +167,28 @@ def test_each_refusal_is_one_line_before_training(flags, message, tmp_path, caps
     assert not list(tmp_path.rglob("metrics.jsonl")), "training started"
 
 
+def test_the_ledger_never_goes_back_and_its_batches_follow_it(tmp_path):
+    t = trainer(tmp_path)
+    ledger, batches = t.private.ledger, t.batches.epoch(0)
+    saved = dict(ledger.state_dict())
+    first, _ = next(batches)
+    sizes = []
+    for _ in range(6):
+        ledger.step()
+        sizes.append(next(batches)[0].shape[0])
+    assert len(set(sizes)) > 1  # Poisson sampling: the batch size varies
+    ledger.load_state_dict(saved)  # a rollback to a checkpoint before those steps keeps them counted
+    assert ledger.steps == 6
+    again, _ = next(batches)
+    assert again.shape != first.shape or not torch.equal(again, first)  # a fresh draw, not a replay
+    other = trainer(tmp_path / "other")
+    other.private.ledger.load_state_dict(ledger.state_dict())  # a resume takes the checkpoint's ledger and secret
+    fresh = other.private.ledger
+    assert fresh.steps == 6 and fresh.secret == ledger.secret and fresh.seed(1) == ledger.seed(1)
+    t.log.close()
+    other.log.close()
+
+
 def test_more_than_one_process_is_refused():
     from ganforge.errors import ConfigError
     from ganforge.training.privacy import check_config
@@ -213,3 +235,5 @@ def test_other_commands_carry_epsilon_delta_and_accountant(tmp_path):
     out = sample(model, n=4, out=tmp_path / "imgs", show_progress=False)
     assert json.loads((out / "privacy.json").read_text())["epsilon"] == info["epsilon"]
     assert "differentially private: epsilon" in render(read_run(run))
+    assert run_cli(["eval", str(run), "--metrics", "cls-fid", "--n", "64"]) == 0
+    assert json.loads((run / "eval.json").read_text())["privacy"] == info

@@ -170,7 +170,7 @@ class PoissonBatches(DeviceBatches):
         for _ in range(start, self.steps_per_epoch):
             g = torch.Generator().manual_seed(self.key())
             idx = (torch.rand(len(self.images), generator=g) < self.rate).nonzero().squeeze(1)
-            x = torch.index_select(self.images, 0, idx).to(self.device, non_blocking=True)
+            x = torch.index_select(self.images, 0, idx.to(self.images.device)).to(self.device, non_blocking=True)
             yield self.scale(x), (self.labels[idx.to(self.labels.device)] if self.labels is not None else None)
 
     def counted(self, x: torch.Tensor) -> int:
