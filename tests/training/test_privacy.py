@@ -17,7 +17,8 @@ from ganforge.training.checkpoint import list_checkpoints, load_checkpoint
 from ganforge.training.dsteps import DSteps
 from ganforge.training.loop import Trainer
 
-pytestmark = pytest.mark.filterwarnings("ignore:privacy.sampling_seed", "ignore:Full backward hook is firing")
+pytestmark = pytest.mark.filterwarnings("ignore:privacy.sampling_seed", "ignore:Full backward hook is firing",
+                                        "ignore:Optimal order is the largest alpha")
 
 # TINY is 256 digits at batch 32: q = 1/8, 8 D steps an epoch; delta must then be below 1/256.
 PRIVATE = [*TINY, "--set", "privacy.enabled=true", "--set", "model.d_norm=none", "--set", "privacy.delta=1e-3",
@@ -237,3 +238,9 @@ def test_other_commands_carry_epsilon_delta_and_accountant(tmp_path):
     assert "differentially private: epsilon" in render(read_run(run))
     assert run_cli(["eval", str(run), "--metrics", "cls-fid", "--n", "64"]) == 0
     assert json.loads((run / "eval.json").read_text())["privacy"] == info
+    pytest.importorskip("gradio")
+    from ganforge.outputs.webapp import build_app
+
+    app, _, _ = build_app(model, out_dir=tmp_path / "serve")
+    (about,) = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "about"]
+    assert "differentially private: epsilon" in about.value and "delta 0.001 (rdp accountant" in about.value

@@ -279,7 +279,7 @@ class PrivateDiscriminator:
         self.dp.original_optimizer.step()
         self.ledger.step()
         self.schedule.d_step(d_fake, train_g=train_g)
-        return fake, fake_labels, {"d_fake": obj._report(d_fake.detach()).mean()}
+        return fake, fake_labels, {"d_fake": obj.report(d_fake.detach()).mean()}
 
     def real_term(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
         """Per-sample gradients (`p.grad_sample`) of D's real-image term, by Opacus's hooks."""
