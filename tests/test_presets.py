@@ -73,8 +73,10 @@ def data_args(name: str, request) -> list[str]:
 def test_preset_trains_and_writes_its_run_folder(name, tmp_path, request):
     assert run_cli(["train", "--preset", name, "--out", str(tmp_path), *TINY, *data_args(name, request)]) == 0
     run = tmp_path / name
-    for path in ["config.yaml", "metrics.jsonl", "loss_curves.png", "samples/real.png"]:
+    private = preset_config(name).privacy.enabled  # a private run publishes no training image
+    for path in ["config.yaml", "metrics.jsonl", "loss_curves.png", "privacy.json" if private else "samples/real.png"]:
         assert (run / path).is_file(), path
+    assert (run / "samples" / "real.png").exists() != private
     assert list((run / "samples").glob("epoch_*.png"))
     assert list(run.rglob("*.safetensors")), "no checkpoint written"
     if preset_config(name).model.conditional:

@@ -107,6 +107,22 @@ class TrainConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """DP-SGD on the discriminator (Abadi et al. 2016), accounted by Opacus; see training/privacy.py."""
+    enabled: bool = False
+    epsilon: float = 10.0           # the budget: the run stops before a D step would spend more
+    delta: float = 1e-5             # must be below 1 / the number of training images
+    max_grad_norm: float = 1.0      # C: each real image's gradient is clipped to this L2 norm
+    accountant: str = "rdp"         # Opacus's accountant: rdp | prv
+    noise_multiplier: float = 0.0   # sigma; 0: Opacus computes it from epsilon for the planned D steps (written here)
+    sampling_seed: int = 0          # 0: a secret seed for the batches and the noise, kept in checkpoints only
+    adaptive_d_steps: bool = False  # Bie et al. 2023: raise the D steps per G step as D's accuracy on fakes falls
+    d_steps_threshold: float = 0.7  # ... when the EMA of D's accuracy on generated images is at most this
+    d_steps_grace: int = 200        # ... after this many G steps at the current rate
+    d_steps_beta: float = 0.99      # ... the EMA's decay per G step
+
+
+@dataclass
 class Config:
     preset: str = "demo"
     description: str = ""
@@ -115,9 +131,10 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
-SECTIONS = ("data", "model", "loss", "optim", "train")
+SECTIONS = ("data", "model", "loss", "optim", "train", "privacy")
 
 
 @dataclass(frozen=True)
@@ -268,6 +285,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.ada_kimg > 0, f"data.ada_kimg={cfg.data.ada_kimg:g}: must be positive"),
         (not cfg.data.ada_target or cfg.data.augment.strip(),
          "data.ada_target needs operations to apply: set data.augment (e.g. translation,cutout,color)"),
+        *_privacy_checks(cfg.privacy),
     ]
     for ok, message in checks:
         if not ok:
@@ -277,6 +295,18 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if not lo <= value <= hi:
             raise ConfigError(f"{key}={value}: must be between {lo:g} and {hi:g} ({why})")
+
+
+def _privacy_checks(p: PrivacyConfig) -> list[tuple[bool, str]]:
+    return [
+        (p.epsilon > 0 and 0.0 < p.delta < 1.0, "privacy.epsilon must be positive and privacy.delta in (0, 1)"),
+        (p.max_grad_norm > 0 and p.noise_multiplier >= 0,
+         "privacy.max_grad_norm must be positive and privacy.noise_multiplier ≥ 0 (0: computed)"),
+        (p.accountant in ("rdp", "prv"), f"privacy.accountant={p.accountant!r}: choose rdp or prv (Opacus's)"),
+        (0.0 < p.d_steps_threshold < 1.0 and 0.0 <= p.d_steps_beta < 1.0 and p.d_steps_grace >= 1,
+         "privacy.d_steps_threshold must be in (0, 1), privacy.d_steps_beta in [0, 1) and privacy.d_steps_grace ≥ 1"),
+        (0 <= p.sampling_seed < 2**63, "privacy.sampling_seed must be in [0, 2^63) (0: a secret one)"),
+    ]
 
 
 # Values that pass the type check but not the libraries below: (key, lowest, highest, why).

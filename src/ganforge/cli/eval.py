@@ -131,6 +131,10 @@ def format_table(record: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r[:5], widths)) + ("  " + r[5] if r[5] else "") for r in rows]
     lines.insert(1, "-" * max(len(x) for x in lines[:1]))
+    if record.get("privacy"):
+        from ganforge.training.privacy import describe
+
+        lines.append(describe(record["privacy"]))
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -278,8 +282,11 @@ def run(args: argparse.Namespace) -> int:
     if not dist.is_main:
         return 0
     _print_warnings(caught)
+    from ganforge.training.privacy import summary
+
+    private = summary(run_dir)  # a private run's records say under which guarantee its generator was trained
     record.update(reference_data_digest=ref.digest, run_dir=str(run_dir), checkpoint=str(checkpoint),
-                  arch=cfg.model.arch, preset=cfg.preset,
+                  arch=cfg.model.arch, preset=cfg.preset, **({"privacy": private} if private else {}),
                   data_dir=str(ref.root) if ref.root else None,
                   evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     _keep(record, run_dir, json_path)

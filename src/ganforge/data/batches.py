@@ -24,7 +24,7 @@ device" would only duplicate the mapping in private memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -150,3 +150,35 @@ class DeviceBatches:
             flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
             x = torch.where(flip, x.flip(3), x)
         return x
+
+    def counted(self, x: torch.Tensor) -> int:
+        """The images a batch counts for in the progress (kimg, the EMA's half-life): its size."""
+        return x.shape[0]
+
+
+class PoissonBatches(DeviceBatches):
+    """Poisson sampling, which DP-SGD's accounting assumes (Abadi et al. 2016; Opacus's DPDataLoader):
+    at every step each image is in the batch independently with probability q = batch_size / N, so
+    batches vary in size. `steps_per_epoch` stays N // batch_size (an epoch is 1/q steps).
+
+    Step k's draw comes from a generator seeded by `key()` alone (a secret and the number of steps the
+    privacy ledger has counted, training/privacy.py), so a resume restores the stream from the ledger,
+    and a rollback, whose steps the ledger keeps, draws fresh batches rather than replaying old ones.
+    The progress counts the expected batch size: the actual size says whether an image was drawn.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], *, key: Callable[[], int], **kw):
+        super().__init__(images, labels, **kw)
+        if self.world_size != 1:
+            raise ValueError("Poisson batches run on one process")
+        self.key, self.rate = key, self.batch_size / len(images)
+
+    def epoch(self, epoch: int, *, start: int = 0) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        for _ in range(start, self.steps_per_epoch):
+            g = torch.Generator().manual_seed(self.key())
+            idx = (torch.rand(len(self.images), generator=g) < self.rate).nonzero().squeeze(1)
+            x = torch.index_select(self.images, 0, idx.to(self.images.device)).to(self.device, non_blocking=True)
+            yield self.scale(x), (self.labels[idx.to(self.labels.device)] if self.labels is not None else None)
+
+    def counted(self, x: torch.Tensor) -> int:
+        return self.batch_size

@@ -47,11 +47,15 @@ class _Unconditional(_Conditional):
 
 
 def metadata(model: Model) -> dict[str, str]:
+    """What the file says of itself; a private run's generator also its guarantee (epsilon, delta, accountant)."""
+    from ganforge.training.privacy import summary
+
+    private = summary(model.run_dir)
     return {"ganforge_version": __version__, "arch": model.cfg.model.arch, "z_dim": str(model.z_dim),
             "num_classes": str(model.num_classes),
             "class_names": json.dumps(model.class_names if model.conditional else []),
             "image_shape": json.dumps([model.channels, model.size, model.size]), "value_range": "[-1, 1]",
-            "source": f"{model.checkpoint}"}
+            "source": f"{model.checkpoint}", **({"privacy": json.dumps(private)} if private else {})}
 
 
 def example_inputs(model: Model, batch: int, seed: int = 1234) -> tuple[torch.Tensor, ...]:

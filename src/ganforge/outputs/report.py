@@ -17,6 +17,7 @@ from typing import Optional
 from ganforge import __version__
 from ganforge.outputs.animation import gif_bytes, progress_frames
 from ganforge.outputs.runs import RunInfo
+from ganforge.training.privacy import describe, summary
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -111,12 +112,15 @@ def render(run: RunInfo) -> str:
     d, g = run.last_epoch_losses()
     done = run.done()
     cfg = run.config
-    summary = [["preset", run.preset], ["description", cfg.get("description", "")],
+    summary_rows = [["preset", run.preset], ["description", cfg.get("description", "")],
                ["data", f"{cfg.get('data', {}).get('name')} ({cfg.get('data', {}).get('split', 'train')} split)"],
                ["architecture", cfg.get("model", {}).get("arch")], ["loss", cfg.get("loss", {}).get("name")],
                ["epochs completed", done["epochs"]], ["steps", done["steps"]],
                ["thousand images seen", done["kimg"]], ["training time (s)", done["time_s"]],
                ["D / G loss, last epoch", f"{_cell(d)} / {_cell(g)}"]]
+    private = summary(run.dir)
+    if private:  # the guarantee its generator was trained under
+        summary_rows += [["privacy", describe(private)], ["privacy: labels", private["labels"]]]
     gif = run.image("samples/progress.gif")
     if gif is None and run.final_grid() is not None:  # made in memory: a report never writes into the run
         frames = progress_frames(run.dir)
@@ -126,7 +130,7 @@ def render(run: RunInfo) -> str:
     parts = [
         f"<h1>Run {html.escape(run.name)}</h1>",
         f'<p class="muted">{html.escape(str(run.dir.resolve()))} · report by ganforge {__version__}</p>',
-        _table(None, summary),
+        _table(None, summary_rows),
         "<h2>Samples</h2>",
         '<div class="pair">' + _img(final, f"final fixed-noise grid ({final.stem})" if final else "")
         + _img(gif, "progress: the same noise at every epoch", mime="image/gif") + "</div>",

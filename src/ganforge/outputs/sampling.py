@@ -3,12 +3,15 @@
 The folder holds one subfolder per class and a `labels.csv` (path, label, class) for a conditional
 model, so it loads as a labelled image folder elsewhere; the `.npz` holds `images` (uint8, N x C x
 H x W) and, for a conditional model, `labels` (int64) and `class_names`. Both are written while
-generating, CHUNK images at a time, so memory stays flat for any N.
+generating, CHUNK images at a time, so memory stays flat for any N. Images of a private run's generator
+come with its guarantee (training/privacy.py): a `privacy.json` in the folder, a `privacy` entry (JSON
+text) in the `.npz`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import sys
 import zipfile
@@ -20,6 +23,7 @@ from PIL import Image
 
 from ganforge.outputs.files import atomic_output
 from ganforge.outputs.model import Model, batches, check_class, check_count, check_seed, check_truncation
+from ganforge.training.privacy import summary
 
 # A folder name on every file system: no separators, no leading dot or dash, nothing a shell quotes
 # ("T-shirt/top", a Fashion-MNIST class, would be a path); otherwise the class indices are used.
@@ -117,4 +121,11 @@ def sample(model: Model, *, n: int, out: Path, seed: int = 0, k: Optional[int] =
     with atomic_output(Path(out), folder=folder, overwrite=overwrite, need_bytes=need) as tmp:
         (write_pngs if folder else write_npz)(model, n, tmp, seed=seed, k=k, truncation=truncation,
                                               show_progress=show_progress)
+        private = summary(model.run_dir)
+        if private and folder:
+            (tmp / "privacy.json").write_text(json.dumps(private, indent=1))
+        elif private:
+            text = np.array(json.dumps(private))
+            with zipfile.ZipFile(tmp, "a") as zf, _stream_array(zf, "privacy", text.dtype, text.shape) as f:
+                f.write(text.tobytes())
     return Path(out)

@@ -28,6 +28,7 @@ from ganforge.outputs.model import (
     latents,
     to_uint8,
 )
+from ganforge.training.privacy import describe, summary
 
 MAX_COUNT = 64  # an 8 x 8 grid: enough to judge variety, small enough to come back at once on a CPU
 # The browser's own fonts: Gradio's default theme fetches Google Fonts, which an offline machine
@@ -98,8 +99,10 @@ def build_app(model: Model, *, max_count: int = MAX_COUNT, out_dir: Optional[Pat
         return (seed, *run(seed, count, label, truncation))
 
     with gr.Blocks(title=f"ganforge: {model.run_dir.name}", analytics_enabled=False) as app:
+        private = summary(model.run_dir)
         gr.Markdown(f"## {model.run_dir.name}\n{cfg.model.arch} on {cfg.data.name}, {classes}; step {model.step} "
-                    f"({'EMA generator' if model.ema else 'generator'} of `{model.checkpoint.name}`)")
+                    f"({'EMA generator' if model.ema else 'generator'} of `{model.checkpoint.name}`)"
+                    + (f"; {describe(private)}" if private else ""), elem_id="about")
         with gr.Row():
             with gr.Column(scale=1):
                 # precision=None: Gradio would round 2.5 to 2 silently; the checks refuse a non-integer instead

@@ -17,5 +17,8 @@ The loop reads top to bottom in `loop.Trainer`; around it:
   checkpoint     checkpoint files, written atomically and verified; pack and unpack mirror each other
   resume         what may change on a resume and what may not
   capacity       the memory a run will need, estimated on the meta device before anything is allocated
+  privacy        DP-SGD on D with Opacus (Abadi et al. 2016): per-sample clipping of the real images' term, the
+                 ledger (epsilon spent) in every checkpoint, the budget stop, the refusals, `summary` for other commands
+  dsteps         D steps per G step: constant, or Bie et al.'s (2023) adaptive schedule
   progress       a tqdm bar per epoch on a terminal, plain log lines in files and CI
 """

@@ -84,17 +84,15 @@ class RunLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = [r for r in self.history if "loss_d" in r]
-        g_rows = [r for r in rows if "loss_g" in r]  # a window without a generator step has no G loss
         fig, (ax_l, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
-        kimg = [r["kimg"] for r in rows]
-        ax_l.plot(kimg, [r["loss_d"] for r in rows], label="D loss")
-        ax_l.plot([r["kimg"] for r in g_rows], [r["loss_g"] for r in g_rows], label="G loss")
+        # A window without a generator step has no G loss; a private run logs no D(x) nor D loss.
+        for ax, key, label in ((ax_l, "loss_d", "D loss"), (ax_l, "loss_g", "G loss"), (ax_p, "d_real", "D(x)"),
+                               (ax_p, "d_fake", "D(G(z))")):
+            rows = [r for r in self.history if key in r and "kimg" in r]
+            ax.plot([r["kimg"] for r in rows], [r[key] for r in rows], label=label)
         ax_l.set_xlabel("thousands of real images seen")
         ax_l.set_title("losses")
         ax_l.legend()
-        ax_p.plot(kimg, [r["d_real"] for r in rows], label="D(x)")
-        ax_p.plot(kimg, [r["d_fake"] for r in rows], label="D(G(z))")
         ax_p.set_xlabel("thousands of real images seen")
         if probabilities:
             ax_p.set_title("discriminator outputs (sigmoid of logits)")
@@ -155,7 +153,8 @@ class Snapshots:
             log.save_grid(images, "classes.png", step=step, nrow=self.COLUMNS, tag="classes")
 
     @staticmethod
-    def write_real(log: RunLog, real: torch.Tensor) -> None:
-        """samples/real.png once per run: uint8 training images beside the generated grids."""
-        if not (log.dir / "samples" / "real.png").exists():
+    def write_real(log: RunLog, real: torch.Tensor | None) -> None:
+        """samples/real.png once per run: uint8 training images beside the generated grids; none (None)
+        for a private run, whose training images must not be published."""
+        if real is not None and not (log.dir / "samples" / "real.png").exists():
             log.save_grid(real.float().div(127.5).sub(1), "real.png", step=0, tag="real")

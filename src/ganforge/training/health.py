@@ -55,7 +55,7 @@ class HealthGuard:
         return torch.stack(flags).all() if flags else torch.tensor(True)
 
     def check_balance(self, record: dict) -> None:
-        if not self.probabilities or "d_fake" not in record:
+        if not self.probabilities or "d_fake" not in record or "d_real" not in record:  # private: no D(x)
             return
         if record["d_fake"] < 0.02 and record["d_real"] > 0.98:
             self._d_wins_since = record["step"] if self._d_wins_since is None else self._d_wins_since

@@ -12,6 +12,10 @@ At each window end the ranks agree, in one small all-reduce, on the window's mea
 whether any rank's weights turned non-finite and on whether any rank received a stop signal; the
 health guard and the stop rules turn that into one `Verdict`, which `_train` acts on in one place.
 So every rank rolls back, stops and checkpoints at the same step.
+
+A private run (`privacy.enabled`) takes D's step from `privacy.PrivateDiscriminator` instead (DP-SGD on
+the real images' term, Poisson-sampled batches, the ledger in every checkpoint), logs nothing of the
+real batches, and stops before a step would spend more than its budget.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from torch import nn
 from ganforge import precision, runtime
 from ganforge.config import Config, save_yaml
 from ganforge.errors import ConfigError, GanforgeError
-from ganforge.training import capacity, setup
+from ganforge.training import capacity, privacy, setup
 from ganforge.training.artifacts import RunLog, Snapshots
 from ganforge.training.ema import follow
 from ganforge.training.gradsync import GradSync
@@ -69,6 +73,17 @@ def one_line(exc: BaseException, *, device: torch.device, run_dir: Path) -> Opti
                        f"model.upsample=nearest)")
 
 
+def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, sync: GradSync) -> None:
+    """Backward with the gradient all-reduce overlapped, then the step. Under fp16 the loss is scaled
+    and a step whose averaged gradients overflowed is skipped, alike on every rank."""
+    opt.zero_grad(set_to_none=True)
+    sync.arm()
+    scaler.scale(loss).backward()
+    sync.finish()
+    scaler.step(opt)
+    scaler.update()
+
+
 class Trainer:
     def __init__(self, cfg: Config, *, run_dir: Path, resume: bool = False, dist: runtime.Dist = runtime.Dist(),
                  allow_changes: bool = False):
@@ -90,15 +105,20 @@ class Trainer:
         g_fast, d_fast = setup.fast_modules(cfg, self.G, self.D)
         self.objective = Objective(cfg.loss, z_dim=cfg.model.z_dim, augment=augment, precision=self.precision,
                                    device=self.device, G=self.G, D=self.D, g_fast=g_fast, d_fast=d_fast)
+        self.private = privacy.build(  # a private run's D step: DP-SGD on the real images' term (or None)
+            cfg, run_dir, len(data), objective=self.objective, D=self.D, opt_d=self.opt_d, num_classes=self.num_classes,
+            device=self.device)
         self.batches = setup.batches(cfg, data, placement, device=self.device, dist=dist,
-                                     num_classes=self.num_classes)
-        self.real_preview = data.images[: t.num_samples].clone()  # a small copy, not a view pinning the set
+                                     num_classes=self.num_classes, private=self.private)
+        # A small copy, not a view pinning the set; none for a private run (samples/real.png would publish it).
+        self.real_preview = None if self.private else data.images[: t.num_samples].clone()
         self.evaluator = setup.evaluator(cfg, data, device=self.device, dist=dist, num_classes=self.num_classes)
         self.snapshots = Snapshots(seed=t.seed, z_dim=cfg.model.z_dim, num_samples=t.num_samples,
                                    num_classes=self.num_classes, device=self.device)
         self.state = TrainState(cfg, run_dir, self.data_info, {"G": self.G, "D": self.D, "G_ema": self.G_ema},
                                 {"opt_g": self.opt_g, "opt_d": self.opt_d, "scaler_g": self.scaler_g,
-                                 "scaler_d": self.scaler_d, **({"ada": self.ada} if self.ada else {})},
+                                 "scaler_d": self.scaler_d, **({"ada": self.ada} if self.ada else {}),
+                                 **({"privacy": self.private} if self.private else {})},
                                 optional=("scaler_g", "scaler_d", "ada"))
         self.progress, self.resumed = self.state.progress, resume
         if resume:
@@ -120,40 +140,33 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        train_g = (p.step + 1) % cfg.loss.n_critic == 0
+        train_g = self.private.g_step_due() if self.private else (p.step + 1) % cfg.loss.n_critic == 0
         lr_g, lr_d = learning_rates(cfg.optim, step=p.step, total_steps=self.total_steps, lr_scale=p.lr_scale)
         set_learning_rate(self.opt_g, lr_g)
         set_learning_rate(self.opt_d, lr_d)
 
-        d = self.objective.discriminator(x, labels, step=p.step, train_g=train_g, scaler=self.scaler_d)
-        self._optimize(d.loss, self.opt_d, self.scaler_d, self.sync_d)
-        self.window.add(loss_d=d.loss, d_real=d.d_real, d_fake=d.d_fake)
-        if self.ada is not None:
-            self.window.add(augment_rt=d.real_sign)
+        if self.private is None:
+            d = self.objective.discriminator(x, labels, step=p.step, train_g=train_g, scaler=self.scaler_d)
+            optimize(d.loss, self.opt_d, self.scaler_d, self.sync_d)
+            fake, logged = d.fake, {"loss_d": d.loss, "d_real": d.d_real, "d_fake": d.d_fake}
+            if self.ada is not None:  # (refused for private runs: r_t is a statistic of the real batch)
+                logged["augment_rt"] = d.real_sign
+        else:  # the generated images get uniform labels; nothing of the real batch is logged
+            fake, labels, logged = self.private.step(x, labels, train_g=train_g)
+        self.window.add(**logged)
         if train_g:
             with frozen(self.D):  # G's loss needs D's input gradients only, not its weight gradients
-                loss_g = self.objective.generator(x, labels, d.fake)
-                self._optimize(loss_g, self.opt_g, self.scaler_g, self.sync_g)
-            m = cfg.model  # the EMA's half-life is in real images: those D saw since G's last step
-            follow(self.G_ema, self.G, images=x.shape[0] * self.dist.world_size * cfg.loss.n_critic,
+                loss_g = self.objective.generator(x, labels, fake)
+                optimize(loss_g, self.opt_g, self.scaler_g, self.sync_g)
+            m, n_d = cfg.model, self.private.rate if self.private else cfg.loss.n_critic
+            # the EMA's half-life is in real images: those D saw since G's last step
+            follow(self.G_ema, self.G, images=self.batches.counted(x) * self.dist.world_size * n_d,
                    images_seen=p.images, half_life_kimg=m.ema_kimg, rampup=m.ema_rampup)
             self.window.add(loss_g=loss_g)
             if self.precision.scaled:
                 self.window.add(loss_scale_g=precision.scale_tensor(self.scaler_g))
         if self.precision.scaled:  # the current loss scales, logged: a scale that keeps falling means overflows
             self.window.add(loss_scale_d=precision.scale_tensor(self.scaler_d))
-
-    @staticmethod
-    def _optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  sync: GradSync) -> None:
-        """Backward with the gradient all-reduce overlapped, then the step. Under fp16 the loss is scaled
-        and a step whose averaged gradients overflowed is skipped, alike on every rank."""
-        opt.zero_grad(set_to_none=True)
-        sync.arm()
-        scaler.scale(loss).backward()
-        sync.finish()
-        scaler.step(opt)
-        scaler.update()
 
     # ------------------------------------------------------------------ the loop
 
@@ -199,13 +212,15 @@ class Trainer:
                     seen_before = p.images
                     self.G.train()
                     self.train_step(x, labels)
-                    p.step, p.pos, p.images = p.step + 1, p.pos + 1, p.images + x.shape[0] * self.dist.world_size
+                    p.step, p.pos = p.step + 1, p.pos + 1
+                    p.images += self.batches.counted(x) * self.dist.world_size
                     p.wall = time.perf_counter() - self._start_wall
                     bar.update()
                     # 2. A window end? Only then does the host wait for the device.
                     due = {"evaluate": self.evaluator is not None and self.evaluator.due_images(seen_before, p.images),
                            "save": t.checkpoint_steps > 0 and p.step % t.checkpoint_steps == 0,
-                           "epoch_done": p.pos == steps}
+                           "epoch_done": p.pos == steps,
+                           "budget": bool(self.private and self.private.exhausted(p.step, self.total_steps))}
                     if not (any(due.values()) or p.step % t.log_every == 0 or (t.max_steps and p.step >= t.max_steps)):
                         continue
                     # 3. The ranks agree on the window and judge it: roll back, stop, or go on.
@@ -237,7 +252,8 @@ class Trainer:
             sums, counts, [*asked, ~HealthGuard.all_finite([self.G, self.D])])
         # A window without a generator step (n_critic > 1) has no G loss: the key is absent, not NaN.
         record = {"step": p.step, "epoch": p.epoch + p.pos / self.batches.steps_per_epoch, "kimg": p.images / 1000,
-                  **means, "images_per_s": self.window.rate(p.images), "time": p.wall}
+                  **means, "images_per_s": self.window.rate(p.images), "time": p.wall,
+                  **(self.private.record() if self.private else {})}
         if self.ada is not None:  # every rank moves p alike: r_t is the window's all-reduced mean
             record["augment_p"] = self.ada.update(record.get("augment_rt"), images=p.images)
         rollback = self.health.check(record, weights_finite=not bad_weights)
@@ -248,7 +264,7 @@ class Trainer:
             return Verdict(rollback, stop=f"received {signal.Signals(signum).name}", exit_code=128 + signum)
         if t.max_steps and p.step >= t.max_steps:
             return Verdict(rollback, stop=f"reached train.max_steps={t.max_steps}")
-        return Verdict(rollback)
+        return Verdict(rollback, stop=self.private.exhausted(p.step, self.total_steps) if self.private else "")
 
     def _outputs(self, *, save: bool, epoch_done: bool, stop: bool) -> None:
         """Samples and checkpoints after a healthy window end (the epoch counter already advanced)."""
@@ -292,7 +308,8 @@ class Trainer:
     def _write_samples(self, log: RunLog) -> None:
         p = self.progress
         images = self.snapshots.images(self._sampler())
-        if p.images >= 50_000:  # an untrained G is legitimately near-constant; judge it only later
+        # An untrained G is legitimately near-constant: judge it only later (never against a private run's data).
+        if p.images >= 50_000 and self.real_preview is not None:
             self.health.check_diversity(images[:64], self.real_preview[:64].float() / 127.5 - 1, step=p.step)
         # The epoch these weights finished, or the one they are inside (a stop mid-epoch).
         self.snapshots.write(log, images, epoch_label=p.epoch if p.pos == 0 else p.epoch + 1, step=p.step)

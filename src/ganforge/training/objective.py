@@ -51,7 +51,7 @@ class Objective:
         self.G, self.D = G, D
         self.g_fast = g_fast if g_fast is not None else G
         self.d_fast = d_fast if d_fast is not None else D
-        self._report = torch.sigmoid if self.loss.probabilities else (lambda v: v)
+        self.report = torch.sigmoid if self.loss.probabilities else (lambda v: v)  # D's outputs as logged
 
     def discriminator(self, x: torch.Tensor, labels: Optional[torch.Tensor], *, step: int, train_g: bool,
                       scaler: torch.amp.GradScaler) -> DiscriminatorStep:
@@ -74,8 +74,8 @@ class Objective:
             loss = loss + c.r2_gamma / 2 * c.reg_every * zero_centred_penalty(d_fake, fake_in, scaler)
         if self.loss.gradient_penalty:
             loss = loss + c.gp_weight * gradient_penalty(self.D, x, fake.detach().float(), labels, scaler=scaler)
-        return DiscriminatorStep(loss, fake, self._report(d_real.detach()).mean(),
-                                 self._report(d_fake.detach()).mean(), torch.sign(d_real.detach()).mean())
+        return DiscriminatorStep(loss, fake, self.report(d_real.detach()).mean(),
+                                 self.report(d_fake.detach()).mean(), torch.sign(d_real.detach()).mean())
 
     def generator(self, x: torch.Tensor, labels: Optional[torch.Tensor], fake: torch.Tensor) -> torch.Tensor:
         """G's loss for the images of this step's D phase, judged by the just-updated D. Call it with D's

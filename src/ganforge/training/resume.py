@@ -8,7 +8,9 @@ written:
   preset cannot change: one line names the key, old and new value;
 - the batch size, seed, data set and number of processes change what the saved position means:
   refused unless the caller allows it (`--allow-change`), and then recorded in metrics.jsonl;
-- everything else (epochs, max_steps, learning rates, logging, ...) may change and is recorded.
+- everything else (epochs, max_steps, learning rates, logging, ...) may change and is recorded;
+- a private run (`privacy.enabled`) keeps its privacy section, batch size and data (its noise was
+  planned for them), and may not ask for more D steps than its budget allows (training/privacy.py).
 """
 
 from __future__ import annotations
@@ -43,8 +45,12 @@ def changes(saved: Config, new: Config) -> dict[str, list]:
 
 def check_resume(run_dir: Path, new: Config, *, allow: bool = False) -> dict[str, list]:
     """The changes `new` makes to the config of `run_dir`, or ConfigError naming the first one it may not make."""
-    diff = changes(load_yaml(Path(run_dir) / "config.yaml"), new)
+    saved = load_yaml(Path(run_dir) / "config.yaml")
+    diff = changes(saved, new)
     for key, (old, value) in diff.items():
+        if (saved.privacy.enabled or new.privacy.enabled) and (key.startswith("privacy.") or key in MEANING):
+            raise ConfigError(f"--resume {run_dir}: {key} was {old!r}, now {value!r}; a private run's noise was "
+                              f"planned for its privacy section, sampling rate and data (start a new run instead)")
         if key in FIXED or (key.startswith("model.") and key not in SAFE_MODEL_KEYS):
             what = {"preset": "the preset", "optim.name": "the optimizer"}.get(key, "the architecture")
             raise ConfigError(f"--resume {run_dir}: {key} was {old!r}, now {value!r}; a resume cannot change "
@@ -52,6 +58,10 @@ def check_resume(run_dir: Path, new: Config, *, allow: bool = False) -> dict[str
         if key in MEANING and not allow:
             raise ConfigError(f"--resume {run_dir}: {key} was {old!r}, now {value!r}; that changes what the saved "
                               f"position means and breaks exact resumption (add --allow-change to accept it)")
+    if new.privacy.enabled:
+        from ganforge.training.privacy import check_resume as check_budget
+
+        check_budget(run_dir, new)
     return diff
 
 

@@ -2,11 +2,13 @@
 
 1. `device_and_precision`: threads, determinism, the device (under torchrun the GPU of the local
    rank), the mixed precision it runs natively, and the settings determinism cannot honour there;
-   unknown loss or optimizer names.
+   unknown loss or optimizer names; what a private run (`privacy`) refuses from its config alone.
 2. `check_models`: the models' size and memory, estimated on PyTorch's meta device (nothing is
-   allocated), and whether D may be penalised; all before the data set is decoded, which can take
+   allocated), whether D may be penalised and whether Opacus can give per-sample gradients
+   through it (a private run); all before the data set is decoded, which can take
    minutes for a large folder.
-3. `load_data`: the decoded uint8 set (memory-mapped, one decode per host) and where it will live.
+3. `load_data`: the decoded uint8 set (memory-mapped, one decode per host) and where it will live;
+   a private run's delta against the set's size.
 4. `models`: G, D and the EMA copy of G, built once for the data's real shape, with the same
    weights on every rank; `optimizers`, `fast_modules` (torch.compile) and `batches` around them.
 """
@@ -14,7 +16,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional, cast
+from typing import Any, Optional, cast
 
 import torch
 from torch import nn
@@ -22,11 +24,11 @@ from torch import nn
 from ganforge import precision, runtime
 from ganforge.config import Config
 from ganforge.data import DATASETS, ImageData, load_dataset
-from ganforge.data.batches import DeviceBatches, choose_placement, describe
+from ganforge.data.batches import DeviceBatches, PoissonBatches, choose_placement, describe
 from ganforge.errors import ConfigError
 from ganforge.models import build_models
 from ganforge.runtime import Dist
-from ganforge.training import capacity
+from ganforge.training import capacity, privacy
 from ganforge.training.ada import AdaptiveAugment
 from ganforge.training.augment import DiffAugment
 from ganforge.training.losses import LOSSES, penalises_gradients
@@ -37,12 +39,14 @@ def device_and_precision(cfg: Config, dist: Dist) -> tuple[torch.device, precisi
     t = cfg.train
     runtime.configure(t, world_size=dist.world_size)
     device = runtime.pick_device(t.device, local_rank=dist.local_rank, world_size=dist.world_size)
-    chosen = precision.choose(t.amp, device)
+    # A private run trains in fp32: `auto` would pick half precision on a GPU (privacy.check_config).
+    chosen = precision.choose("off" if cfg.privacy.enabled and t.amp == "auto" else t.amp, device)
     conflict = runtime.deterministic_conflict(cfg, device)
     if conflict:
         raise ConfigError(conflict)
     LOSSES.get(cfg.loss.name)        # unknown names are refused before the data loads
     OPTIMIZERS.get(cfg.optim.name)
+    privacy.check_config(cfg, dist.world_size)
     return device, chosen
 
 
@@ -55,6 +59,8 @@ def check_models(cfg: Config, *, device: torch.device, half_precision: bool, dis
     classes = spec.num_classes or (2 if cfg.model.conditional and spec.name == "folder" else 0)
     est = capacity.check_start(cfg, channels=spec.channels, size=cfg.data.size or spec.native_size,
                                num_classes=classes, device=device, dist=dist, half_precision=half_precision)
+    privacy.check_discriminator(cfg, channels=spec.channels, size=cfg.data.size or spec.native_size,
+                                num_classes=classes)
     if penalises_gradients(cfg.loss) and est.d_batch_norm:
         what = (f"loss.name={cfg.loss.name}" if LOSSES.get(cfg.loss.name).gradient_penalty
                 else "loss.r1_gamma / loss.r2_gamma")
@@ -69,6 +75,7 @@ def load_data(cfg: Config, *, device: torch.device, dist: Dist) -> tuple[ImageDa
     memory, so a forced device copy that cannot fit is refused first."""
     d = cfg.data
     data = load_dataset(name=d.name, root=d.root, split=d.split, size=d.size, limit=d.limit, dist=dist)
+    privacy.check_data(cfg, len(data))
     return data, agreed_placement(d.placement, share=d.device_share, nbytes=data.images.nbytes, device=device,
                                   dist=dist)
 
@@ -140,12 +147,15 @@ def augmentation(cfg: Config, device: torch.device) -> tuple[DiffAugment, Option
     return DiffAugment(cfg.data.augment, p=None if ada is None else ada.p), ada
 
 
-def batches(cfg: Config, data: ImageData, placement: str, *, device: torch.device, dist: Dist,
-            num_classes: int) -> DeviceBatches:
+def batches(cfg: Config, data: ImageData, placement: str, *, device: torch.device, dist: Dist, num_classes: int,
+            private: Optional[privacy.PrivateDiscriminator] = None) -> DeviceBatches:
+    """Shuffled batches, or for a private run Poisson-sampled ones seeded by its ledger."""
     t = cfg.train
-    out = DeviceBatches(data.images, data.labels if num_classes else None, batch_size=t.batch_size, seed=t.seed,
-                        device=device, rank=dist.rank, world_size=dist.world_size, hflip=cfg.data.hflip,
-                        placement=placement)
+    kw: dict[str, Any] = dict(batch_size=t.batch_size, seed=t.seed, device=device, rank=dist.rank,
+                              world_size=dist.world_size, hflip=cfg.data.hflip, placement=placement)
+    labels = data.labels if num_classes else None
+    out = (DeviceBatches(data.images, labels, **kw) if private is None else
+           PoissonBatches(data.images, labels, key=lambda: private.ledger.seed(privacy.BATCHES), **kw))
     if dist.is_main:
         print(describe(data.images, placement=placement, device=device, mapped=data.mapped), flush=True)
     return out

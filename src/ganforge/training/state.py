@@ -1,6 +1,7 @@
 """The full training state, as one checkpoint holds it: the counters of progress, the modules (G, D,
-G_ema), the stateful objects (optimizers, loss scalers) and every rank's RNG, with the one function
-that writes it and the one that reads it back, so the two cannot drift apart.
+G_ema), the stateful objects (optimizers, loss scalers, a private run's privacy ledger) and every
+rank's RNG, with the one function that writes it and the one that reads it back, so the two cannot
+drift apart.
 
 Progress is counted in real images seen as well as steps: the learning-rate schedule, the EMA
 half-life and the periodic evaluation are set in images (Karras et al. 2020 count kimg), so a run
@@ -63,8 +64,11 @@ class TrainState:
         tensors, state = pack(self.modules, self.stateful, progress=vars(self.progress).copy(), rng=rng,
                               config=to_dict(self.cfg), data_shape=self.data_info, version=__version__,
                               world_size=dist.world_size)
-        return save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
+        path = save_checkpoint(self.run_dir, step=self.progress.step, tensors=tensors, state=state,
                                keep=self.cfg.train.keep_checkpoints, name=name)
+        if "privacy" in self.stateful:  # privacy.json beside config.yaml: what the newest checkpoint spent
+            self.stateful["privacy"].write_record(self.run_dir, step=self.progress.step)
+        return path
 
     def restore(self, dist: runtime.Dist, device, *, allow_changes: bool) -> tuple[Path, dict]:
         """Load the newest good checkpoint in place; its path and the changes of rank count it allowed.

@@ -1,0 +1,393 @@
+"""Differentially private training: DP-SGD (Abadi et al. 2016) on the discriminator, the only network
+that reads real images, so the generator is private by post-processing (the DPGAN construction of Xie et
+al. 2018, as revisited by Bie, Kamath and Zhang 2023, "Private GANs, Revisited"). Opacus computes the
+per-sample gradients, clips them, adds the noise and does all the accounting; nothing here computes a
+privacy bound itself.
+
+One D step (`PrivateDiscriminator.step`):
+1. the real batch, Poisson-sampled (`data.batches.PoissonBatches`), goes through D with Opacus's
+   per-sample hooks on (GradSampleModule); the backward of D's real-image term gives every image's
+   own gradient (its label, for a conditional D, rides along in the same gradient);
+2. `DPOptimizer.pre_step` clips each to `privacy.max_grad_norm` C, sums them, adds N(0, sigma^2 C^2)
+   once and divides by the expected batch size q N;
+3. a generated batch of the expected size, its labels drawn uniformly (public), goes through D with
+   the hooks off; the gradient of D's generated-image term is added unclipped. It is a function of
+   G and D alone, both already private, so it needs neither clipping nor noise: running it through
+   the DP optimizer too, as a known Opacus GAN example does, clips and noises public terms for nothing;
+4. D's own optimizer steps, and the ledger counts one subsampled Gaussian mechanism (sigma, q).
+
+D's loss is split into its real and its generated term, which only a separable objective allows:
+relativistic losses (rpgan) and the gradient penalties are refused (`check_config`).
+
+The ledger (Opacus's RDP or PRV accountant) is checkpointed with the run; it never goes back: a
+rollback restores the weights but keeps the steps taken since, whose outcome decided it. The noise
+and the batches are drawn from a secret seed (kept in checkpoints, never in config.yaml) and the
+ledger's step count, so a resume continues both exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganforge import fsutil
+from ganforge.config import Config
+from ganforge.errors import ConfigError
+from ganforge.training.dsteps import DSteps
+from ganforge.training.losses import LOSSES
+
+RECORD = "privacy.json"
+LABELS = ("labels are private like the images (each rides with its image in the clipped per-sample gradient); "
+          "generation draws labels uniformly, a public distribution")
+NOISE, BATCHES = 1, 2  # the two streams drawn from the secret seed
+
+
+def check_config(cfg: Config, world_size: int) -> None:
+    """What a private run refuses from its config alone, in one line each, before anything is built."""
+    if not cfg.privacy.enabled:
+        return
+    m, lo, t = cfg.model, cfg.loss, cfg.train
+    loss = LOSSES.get(lo.name)
+    refusals = [
+        (world_size > 1, f"privacy.enabled=true runs on one process; torchrun started {world_size}: Poisson sampling "
+                         "and the accountant assume one process drawing every batch (run it without torchrun)"),
+        (t.compile, "privacy.enabled=true: train.compile=true hides the layers Opacus's per-sample hooks attach to; "
+                    "set train.compile=false"),
+        (t.amp in ("fp16", "bf16"), f"privacy.enabled=true: train.amp={t.amp} is not supported (loss scaling would "
+                                    "scale the clipped gradients, half precision the per-sample norms); set "
+                                    "train.amp=off or auto (fp32 for a private run)"),
+        (loss.gradient_penalty or lo.r1_gamma > 0 or lo.r2_gamma > 0,
+         f"privacy.enabled=true: loss.name={lo.name} / loss.r1_gamma / loss.r2_gamma penalise the gradient with "
+         "respect to each real image, outside the per-sample clipping; use loss.name=bce, hinge, lsgan or minimax "
+         "with loss.r1_gamma=0 and loss.r2_gamma=0"),
+        (loss.relativistic, f"privacy.enabled=true: loss.name={lo.name} pairs every generated logit with a real "
+                            "one, so its generated term carries private data; use bce, hinge, lsgan or minimax"),
+        (m.d_sn, "privacy.enabled=true: model.d_sn=true parametrises D's weights (Opacus has no per-sample gradients "
+                 "for them) and its power iteration reads the whole batch; set model.d_sn=false"),
+        (m.d_mbstd > 0, "privacy.enabled=true: model.d_mbstd mixes the images of a batch, so one image's gradient "
+                        "depends on the others; set model.d_mbstd=0"),
+        (t.eval_every > 0 or t.eval_every_kimg > 0,
+         "privacy.enabled=true: train.eval_every / train.eval_every_kimg compare with the private training set and "
+         "pick checkpoints/best by it, outside the guarantee; set both to 0 and run `ganforge eval` afterwards"),
+        (cfg.data.ada_target > 0, "privacy.enabled=true: data.ada_target tunes the augmentation from the sign of D's "
+                                  "outputs on the real batches, a statistic outside the accountant; set "
+                                  "data.ada_target=0 (a fixed data.augment is allowed)"),
+    ]
+    for refused, line in refusals:
+        if refused:
+            raise ConfigError(line)
+
+
+def check_discriminator(cfg: Config, *, channels: int, size: int, num_classes: int) -> None:
+    """Opacus's ModuleValidator on D (built on the meta device: no memory), translated into the config key."""
+    if not cfg.privacy.enabled:
+        return
+    from opacus.validators import ModuleValidator
+
+    from ganforge.models import build_models
+
+    with torch.device("meta"):
+        _, d = build_models(cfg.model, channels=channels, size=size, num_classes=num_classes)
+    errors = ModuleValidator.validate(d, strict=False)
+    if any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in d.modules()):
+        raise ConfigError(f"privacy.enabled=true: the discriminator has batch norm (model.d_norm={cfg.model.d_norm}, "
+                          f"arch {cfg.model.arch_d or cfg.model.arch}), which mixes the images of a batch; Opacus "
+                          f"gives no per-sample gradients through it: set model.d_norm=none or layer")
+    if errors:
+        raise ConfigError(f"privacy.enabled=true: Opacus cannot give per-sample gradients for this discriminator "
+                          f"(arch {cfg.model.arch_d or cfg.model.arch}): {str(errors[0]).splitlines()[0]}")
+
+
+def check_data(cfg: Config, n: int) -> None:
+    """delta must be below 1/N: a delta of 1/N allows publishing one training image outright."""
+    p = cfg.privacy
+    if p.enabled and p.delta >= 1.0 / n:
+        raise ConfigError(f"privacy.delta={p.delta:g} must be below 1/N = {1.0 / n:.3g} for the {n:,} training images "
+                          f"(a delta of 1/N allows publishing one of them outright); use e.g. {0.1 / n:.1g}")
+
+
+# ----------------------------------------------------------------------------- the plan and the ledger
+
+
+def epsilon_after(accountant: str, *, sigma: float, q: float, steps: int, delta: float,
+                  history: Optional[list] = None) -> float:
+    """Opacus's epsilon after `history` and then `steps` steps at (sigma, q)."""
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(accountant)
+    acc.history = [*(history or []), *([(sigma, q, steps)] if steps else [])]
+    if not acc.history:
+        return 0.0
+    with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha": the bound holds, only looser
+        warnings.simplefilter("ignore", UserWarning)
+        return float(acc.get_epsilon(delta=delta))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the run was planned for; privacy.json holds it, with the privacy spent so far."""
+
+    epsilon_budget: float
+    delta: float
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    max_grad_norm: float
+    dataset_size: int
+    expected_batch_size: int
+    planned_steps: int       # train.epochs x steps per epoch, when the run started
+    budget_steps: int        # the most D steps whose epsilon stays within the budget
+
+
+def make_plan(cfg: Config, n: int, run_dir: Path) -> Plan:
+    """sigma from Opacus for the planned D steps at q = batch_size / N (or as configured), and the budget in steps."""
+    p, b = cfg.privacy, cfg.train.batch_size
+    q, steps = b / n, cfg.train.epochs * (n // b)
+    old = _read(run_dir)
+    if old and (old["noise_multiplier"], old["sample_rate"]) == (p.noise_multiplier, q):
+        return Plan(**{k: old[k] for k in Plan.__dataclass_fields__})  # a resume: planned once, kept
+    sigma = p.noise_multiplier
+    if not sigma:
+        from opacus.accountants.utils import get_noise_multiplier
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                sigma = float(get_noise_multiplier(target_epsilon=p.epsilon, target_delta=p.delta, sample_rate=q,
+                                                   steps=steps, accountant=p.accountant))
+        except ValueError:
+            raise ConfigError(f"privacy.epsilon={p.epsilon:g}: no noise multiplier reaches it over {steps:,} D steps "
+                              f"at q={q:.3g}; raise privacy.epsilon or train fewer epochs") from None
+    eps = epsilon_after(p.accountant, sigma=sigma, q=q, steps=steps, delta=p.delta)
+    if eps > p.epsilon:
+        raise ConfigError(f"privacy.noise_multiplier={sigma:g} spends epsilon={eps:.3g} over the {steps:,} planned D "
+                          f"steps, more than privacy.epsilon={p.epsilon:g}; set privacy.noise_multiplier=0 (computed)")
+    lo, hi = steps, 2 * steps + 1  # bisect for the last step within the budget (epsilon grows with steps)
+    while epsilon_after(p.accountant, sigma=sigma, q=q, steps=hi, delta=p.delta) <= p.epsilon:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if epsilon_after(p.accountant, sigma=sigma, q=q, steps=mid, delta=p.delta) <= p.epsilon \
+            else (lo, mid)
+    return Plan(p.epsilon, p.delta, p.accountant, sigma, q, p.max_grad_norm, n, b, steps, lo)
+
+
+class Ledger:
+    """The privacy spent: Opacus's accountant, one subsampled Gaussian mechanism per D step, and the secret
+    seed of the noise and the batches."""
+
+    def __init__(self, plan: Plan, *, secret: int):
+        from opacus.accountants import create_accountant
+
+        self.plan, self.secret = plan, secret
+        self.accountant = create_accountant(plan.accountant)
+        self._cached = (0, 0.0)
+
+    @property
+    def steps(self) -> int:
+        return sum(int(n) for _, _, n in self.accountant.history)
+
+    def step(self) -> None:
+        self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
+
+    def epsilon(self) -> float:
+        """epsilon spent so far at the configured delta (cached per step count: PRV takes a second)."""
+        if self._cached[0] != self.steps:
+            p = self.plan
+            self._cached = (self.steps, epsilon_after(p.accountant, sigma=p.noise_multiplier, q=p.sample_rate,
+                                                      steps=0, delta=p.delta, history=self.accountant.history))
+        return self._cached[1]
+
+    def seed(self, stream: int) -> int:
+        """The seed of `stream` for the next step: a function of the secret and the steps counted."""
+        return int(np.random.SeedSequence([self.secret, stream, self.steps]).generate_state(1, np.uint64)[0] >> 1)
+
+    def state_dict(self) -> dict:
+        return {"accountant": dict(self.accountant.state_dict({})), "secret": self.secret}
+
+    def load_state_dict(self, state: dict) -> None:
+        from opacus.accountants import create_accountant
+
+        loaded = create_accountant(self.plan.accountant)
+        loaded.load_state_dict(state["accountant"])
+        self.secret = int(state["secret"])
+        # Privacy once spent stays spent: a rollback to an older checkpoint keeps the steps taken since.
+        if sum(int(n) for _, _, n in loaded.history) >= self.steps:
+            self.accountant = loaded
+
+
+# ----------------------------------------------------------------------------- the D step
+
+
+@contextlib.contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    """D's first layer gets no input gradient, which PyTorch's full backward hooks warn about: expected here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
+class PrivateDiscriminator:
+    """D's DP-SGD step, the D-step schedule and the ledger; a stateful entry of the checkpoint."""
+
+    def __init__(self, cfg: Config, plan: Plan, *, objective, D: nn.Module, opt_d: torch.optim.Optimizer,
+                 num_classes: int, device: torch.device, secret: int):
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        self.cfg, self.plan, self.objective, self.D = cfg, plan, objective, D
+        self.num_classes, self.device = num_classes, device
+        self.ledger = Ledger(plan, secret=secret)
+        p = cfg.privacy
+        self.schedule = DSteps(cfg.loss.n_critic, adaptive=p.adaptive_d_steps, threshold=p.d_steps_threshold,
+                               grace=p.d_steps_grace, beta=p.d_steps_beta)
+        for mod in D.modules():  # Opacus's backward hooks forbid in-place ops on the outputs of hooked layers
+            if getattr(mod, "inplace", False):
+                mod.inplace = False  # type: ignore[assignment]
+        # The hooks live on D's layers; D itself (its state_dict, its callers) stays as it was.
+        self.hooks = GradSampleModule(D, batch_first=True, loss_reduction="mean", strict=True)
+        self.hooks.disable_hooks()
+        self.noise = torch.Generator(device=device)
+        self.dp = DPOptimizer(opt_d, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                              expected_batch_size=plan.expected_batch_size, loss_reduction="mean",
+                              generator=self.noise)
+
+    def step(self, x: torch.Tensor, labels: Optional[torch.Tensor], *,
+             train_g: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], dict[str, torch.Tensor]]:
+        """One D step; (the generated images, their labels, what the window logs: nothing of the real batch)."""
+        obj, c, b = self.objective, self.cfg.loss, self.plan.expected_batch_size
+        fake_labels = torch.randint(self.num_classes, (b,), device=self.device) if self.num_classes else None
+        with torch.set_grad_enabled(train_g):  # G's graph only when G learns this step
+            fake = obj.G(torch.randn(b, obj.z_dim, device=self.device), fake_labels)
+        self.dp.zero_grad(set_to_none=True)
+        self.noise.manual_seed(self.ledger.seed(NOISE))
+        with _quiet_hooks():
+            self.real_term(x, labels)
+            self.dp.pre_step()  # clip each image's gradient, sum, add N(0, sigma^2 C^2) once, divide by q N
+            for p in self.dp.params:  # Opacus's sum is contiguous; a channels_last weight wants its layout
+                if p.grad is not None and p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last):
+                    p.grad = p.grad.contiguous(memory_format=torch.channels_last)
+            d_fake = self.D(obj.augment(fake.detach()), fake_labels).float()
+            obj.loss.d_loss(d_fake.detach(), d_fake, c).backward()  # the generated term: public, added unclipped
+        self.dp.original_optimizer.step()
+        self.ledger.step()
+        self.schedule.d_step(d_fake, train_g=train_g)
+        return fake, fake_labels, {"d_fake": obj.report(d_fake.detach()).mean()}
+
+    def real_term(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+        """Per-sample gradients (`p.grad_sample`) of D's real-image term, by Opacus's hooks."""
+        if not x.shape[0]:  # an empty Poisson batch: no image, the noise alone
+            for p in self.dp.params:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)  # pyright: ignore
+            return
+        self.hooks.enable_hooks()
+        try:
+            with _quiet_hooks():
+                real = self.D(self.objective.augment(x), labels).float()
+                # With the real logits detached in the generated slot, only the real term has a gradient.
+                self.objective.loss.d_loss(real, real.detach(), self.cfg.loss).backward()
+        finally:
+            self.hooks.disable_hooks()
+
+    @property
+    def rate(self) -> int:
+        """D steps per G step now."""
+        return self.schedule.rate
+
+    def g_step_due(self) -> bool:
+        return self.schedule.g_step_due()
+
+    def exhausted(self, step: int, total_steps: int) -> str:
+        """Why training must stop before D step `step` + 1 (the budget would be exceeded), or "" (also when
+        no step is left of the `total_steps` planned)."""
+        if self.ledger.steps < self.plan.budget_steps or step >= total_steps:
+            return ""
+        return (f"privacy budget spent: epsilon={self.ledger.epsilon():.3g} at delta={self.plan.delta:g} after "
+                f"{self.ledger.steps:,} D steps (privacy.epsilon={self.plan.epsilon_budget:g})")
+
+    def record(self) -> dict:
+        """The window's privacy entries: epsilon spent (metrics.jsonl and TensorBoard), the D-step rate."""
+        return {"epsilon": self.ledger.epsilon(), **({"d_steps": self.rate} if self.schedule.adaptive else {})}
+
+    def write_record(self, run_dir: Path, *, step: int) -> None:
+        """privacy.json beside config.yaml: the plan and the privacy spent, for the other commands."""
+        spent = {"epsilon": self.ledger.epsilon(), "steps": self.ledger.steps, "step": step}
+        fsutil.write_text(run_dir / RECORD, json.dumps({**asdict(self.plan), **spent, "labels": LABELS}, indent=1))
+
+    def state_dict(self) -> dict:
+        return {"ledger": self.ledger.state_dict(), "d_steps": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ledger.load_state_dict(state["ledger"])
+        self.schedule.load_state_dict(state["d_steps"])
+
+
+def build(cfg: Config, run_dir: Path, n: int, **parts) -> Optional[PrivateDiscriminator]:
+    """The private D step for a run with privacy.enabled (None otherwise); sigma is written into the config."""
+    p = cfg.privacy
+    if not p.enabled:
+        return None
+    plan = make_plan(cfg, n, run_dir)
+    p.noise_multiplier = plan.noise_multiplier  # so config.yaml records it, and a resume finds it unchanged
+    if p.sampling_seed:
+        warnings.warn(f"privacy.sampling_seed={p.sampling_seed}: the noise can be recomputed by anyone who reads "
+                      "config.yaml; use it for tests and reproductions only", stacklevel=2)
+    return PrivateDiscriminator(cfg, plan, secret=p.sampling_seed or secrets.randbits(63), **parts)
+
+
+# ----------------------------------------------------------------------------- other commands
+
+
+def _read(run_dir: Path) -> Optional[dict]:
+    try:
+        record = json.loads((Path(run_dir) / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "noise_multiplier" in record else None
+
+
+def summary(run_dir: Path) -> Optional[dict]:
+    """What eval records, sample folders, exports, the report and the serve page say of a private run
+    (epsilon spent by its latest checkpoint, delta, accountant, ...), or None for a run that is not private."""
+    r = _read(run_dir)
+    if r is None:
+        return None
+    keys = ("epsilon", "delta", "accountant", "epsilon_budget", "noise_multiplier", "sample_rate", "max_grad_norm",
+            "steps", "labels")
+    return {"mechanism": "DP-SGD on the discriminator (Opacus); the generator by post-processing",
+            **{k: r.get(k) for k in keys}}
+
+
+def describe(info: dict) -> str:
+    """One line for a page: "differentially private: epsilon 9.98, delta 1e-05 (rdp accountant)"."""
+    return (f"differentially private: epsilon {info['epsilon']:.3g}, delta {info['delta']:g} "
+            f"({info['accountant']} accountant, DP-SGD on the discriminator)")
+
+
+def check_resume(run_dir: Path, cfg: Config) -> None:
+    """A resume whose remaining D steps would spend more than the budget: one line, before any work."""
+    r = _read(run_dir)
+    if r is None:
+        raise ConfigError(f"--resume {run_dir}: a private run without a readable {RECORD}; its budget cannot be "
+                          f"checked (start a new run)")
+    t = cfg.train
+    total = t.epochs * (r["dataset_size"] // t.batch_size)
+    total = min(total, t.max_steps) if t.max_steps else total
+    need = r["steps"] + max(0, total - r["step"])
+    if need > r["budget_steps"]:
+        eps = epsilon_after(r["accountant"], sigma=r["noise_multiplier"], q=r["sample_rate"], steps=need,
+                            delta=r["delta"])
+        raise ConfigError(f"--resume {run_dir}: {total:,} D steps would spend epsilon={eps:.3g}, beyond "
+                          f"privacy.epsilon={r['epsilon_budget']:g} (the budget allows {r['budget_steps']:,} steps at "
+                          f"sigma={r['noise_multiplier']:.3g}; {r['steps']:,} spent); lower train.epochs or "
+                          f"train.max_steps")
