@@ -486,9 +486,14 @@ def make_generate(generator: torch.nn.Module, *, z_dim: int, num_classes: int = 
         z = torch.randn(batch, z_dim, generator=gen).to(dev)
         labels = torch.randint(0, num_classes, (batch,), generator=gen).to(dev) if num_classes else None
         x = generator(z, labels) if labels is not None else generator(z)
-        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels
+        return to_uint8(x), labels
 
     return generate
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Generator outputs in [-1, 1] as uint8 images."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def flat_values(record: dict[str, Any]) -> dict[str, float]:
