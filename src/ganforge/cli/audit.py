@@ -1,8 +1,9 @@
-"""`ganforge audit RUN_DIR`: can the run's synthetic images be used? Utility, memorisation, coverage.
+"""`ganforge audit RUN_DIR`: can the run's synthetic images be used? Utility, memorisation, coverage, membership.
 
-Calls `ganforge.metrics.auditing.audit_run` (CAS of Ravuri & Vinyals 2019, authenticity of Alaa
-et al. 2022, density and coverage of Naeem et al. 2020), prints one verdict per section and
-writes `audit.json` and `audit.png` (into RUN_DIR, or `--out DIR`).
+Calls `ganforge.metrics.auditing.audit_run` (CAS of Ravuri & Vinyals 2019 and the downstream
+protocol of Bie et al. 2023, authenticity of Alaa et al. 2022, density and coverage of Naeem et
+al. 2020, the membership attacks of Hayes et al. 2019 and Chen et al. 2020), prints one verdict
+per section and writes `audit.json` and `audit.png` (into RUN_DIR, or `--out DIR`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from ganforge.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("audit", help="utility (CAS), memorisation and coverage of a run's images",
+    p = subparsers.add_parser("audit", help="utility (CAS), memorisation, coverage and membership inference",
                               description="Audit a run's synthetic images: classification accuracy score, "
-                                          "memorisation of training images, density/coverage and class balance.")
+                                          "memorisation of training images, density/coverage and class balance, "
+                                          "and membership-inference attacks on the run's training images.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `ganforge train`")
     p.add_argument("--n", type=int, default=10000, help="generated images (default 10000)")
     p.add_argument("--split", default="test", help="held-out real split: the real baseline and the CAS test set")
@@ -29,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors and labels (default: 0)")
     p.add_argument("--data-dir", help="folder with the dataset's files (default: the run's data.root)")
+    p.add_argument("--membership-n", type=int, default=5000,
+                   help="training images (members) and as many held-out images the membership attacks score "
+                        "(default 5000, fewer when fewer exist)")
+    p.add_argument("--reference-run", metavar="RUN2",
+                   help="a run that never saw the audited run's training images: the membership attacks on it "
+                        "are printed beside (default: compare with chance, 0.5 AUC)")
     p.add_argument("--overwrite", action="store_true", help="replace audit.json and audit.png in --out")
     p.set_defaults(func=run)
     return p
@@ -38,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ganforge.cli.sample import pick_device_for
+    from ganforge.metrics import membership as M
     from ganforge.metrics.auditing import audit_run
     from ganforge.outputs.files import check_output_folder
     from ganforge.outputs.model import check_seed
@@ -45,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise ConfigError(f"--n {args.n}: must be at least 2")
+    if args.membership_n < M.MIN_EACH:
+        raise ConfigError(f"--membership-n {args.membership_n}: must be at least {M.MIN_EACH}")
     check_seed(args.seed)
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"{args.run_dir}: no such run folder")
@@ -59,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"ganforge audit: {args.run_dir}, n={args.n}, held-out split {args.split}, device={device}", flush=True)
     result = audit_run(args.run_dir, n=args.n, split=args.split, spaces=spaces, checkpoint=checkpoint,
                        data_dir=args.data_dir, device=device, seed=args.seed, inception_path=args.inception,
-                       out=out, log=lambda s: print(s, file=sys.stderr, flush=True))
+                       reference_run=Path(args.reference_run) if args.reference_run else None,
+                       out=out, membership_n=args.membership_n, log=lambda s: print(s, file=sys.stderr, flush=True))
     for section, verdict in result.record["verdict"].items():
         print(f"{section:<13} {verdict}")
     print(f"wrote {out / 'audit.json'} and {out / 'audit.png'}")

@@ -133,6 +133,11 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, *, k: int = 5, batc
     return DensityCoverage(density=inside_count / (k * len(fake)), coverage=float(covered.double().mean()))
 
 
+def random_subset(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """n distinct indices below n_total, drawn by `seed` alone."""
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def class_histogram(predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Share of each class among predicted labels [N]: float64 [num_classes], sums to 1."""
     counts = torch.bincount(predicted.long(), minlength=num_classes).double()
