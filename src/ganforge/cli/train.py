@@ -204,9 +204,25 @@ def _claim_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optiona
     return run_dir, lock
 
 
+def _agreed_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Optional[Path], dist):
+    """Rank 0 claims and locks the run folder; every rank takes its answer, or its error, so all decide alike."""
+    from ganforge.errors import GanforgeError
+
+    claim = lock = None
+    if dist.is_main:
+        try:
+            run_dir, lock = _claim_run_dir(args, cfg, out, resume_dir)
+            claim = ("ok", run_dir)
+        except (GanforgeError, OSError) as exc:
+            claim = ("error", str(exc))
+    status, value = dist.broadcast(claim)
+    if status == "error":
+        raise ConfigError(value)
+    return value, lock
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ganforge.config import format_config, load_yaml
-    from ganforge.errors import GanforgeError
     from ganforge.outputs.files import check_writable_folder, is_run_folder
     from ganforge.runtime import Dist
     from ganforge.training.loop import Trainer
@@ -228,18 +244,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(done)
         return 0
     dist = Dist.from_env(cfg.train.device)
-    # Rank 0 claims and locks the folder; every rank takes its answer, or its error, so all decide alike.
-    claim = lock = None
-    if dist.is_main:
-        try:
-            run_dir, lock = _claim_run_dir(args, cfg, out, resume_dir)
-            claim = ("ok", run_dir)
-        except (GanforgeError, OSError) as exc:
-            claim = ("error", str(exc))
-    status, value = dist.broadcast(claim)
-    if status == "error":
-        raise ConfigError(value)
-    run_dir = value
+    run_dir, lock = _agreed_run_dir(args, cfg, out, resume_dir, dist)
     try:
         if dist.is_main:
             print(f"ganforge {__version__}: preset {cfg.preset!r} -> {run_dir}")
