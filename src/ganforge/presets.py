@@ -297,7 +297,7 @@ def celeba_best() -> Config:
 # steps per G step raised whenever D's accuracy on generated images falls to 0.7) finds such a rate
 # without tuning. Both presets keep their DCGAN recipe (non-saturating BCE, Adam 2e-4 (0.5, 0.999), a
 # label-conditional G and D without normalisation, batch 128) and shrink the D steps to what two CPU
-# cores do in about 2 hours: 30 epochs, 14,000 D steps (docs/privacy.md has the measured speed). So few
+# cores do in about 30 minutes: 30 epochs, 14,000 D steps (docs/privacy.md has the measured speed). So few
 # G steps cannot afford 50 D steps each from the start: the adaptive schedule starts at 5 and climbs.
 # The EMA of G is post-processing and so free.
 
@@ -319,12 +319,12 @@ def _private(description: str, data: DataConfig, *, epochs: int) -> Config:
 @register_preset("mnist-dp", source="Bie et al. 2023 (Private GANs, Revisited), DP-SGD of Abadi et al. 2016 on a "
                                     "normalisation-free DCGAN D, adaptive D steps per G step; epsilon 10, delta 1e-5")
 def mnist_dp() -> Config:
-    return _private("differentially private class-conditional DCGAN on MNIST, (10, 1e-5)-DP; about 2 hours on "
+    return _private("differentially private class-conditional DCGAN on MNIST, (10, 1e-5)-DP; about 30 minutes on "
                     "2 CPU cores", DataConfig(name="mnist"), epochs=30)
 
 
 @register_preset("fashion-mnist-dp", source="mnist-dp's recipe (Bie et al. 2023) on Fashion-MNIST (Xiao et al. "
                                             "2017); epsilon 10, delta 1e-5")
 def fashion_mnist_dp() -> Config:
-    return _private("differentially private class-conditional DCGAN on Fashion-MNIST, (10, 1e-5)-DP; about 2 hours "
+    return _private("differentially private class-conditional DCGAN on Fashion-MNIST, (10, 1e-5)-DP; about 30 minutes "
                     "on 2 CPU cores", DataConfig(name="fashion-mnist"), epochs=30)

@@ -3,7 +3,6 @@ against models built to leak membership and models that never saw the members, a
 end to end with and without a reference run."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -160,14 +159,15 @@ def test_unseen_drops_images_by_content_not_index(pools):
     assert torch.equal(left.images, a.images) and torch.equal(left.labels, a.labels)
 
 
-def test_privacy_fields_are_copied_when_the_section_exists():
-    assert M.privacy_of(SimpleNamespace())["private"] is False          # no `privacy` attribute at all
-    off = SimpleNamespace(privacy=SimpleNamespace(enabled=False, target_epsilon=1.0))
-    assert M.privacy_of(off)["private"] is False
-    on = SimpleNamespace(privacy=SimpleNamespace(enabled=True, target_epsilon=8.0, delta=1e-5, accountant="prv"))
-    rec = M.privacy_of(on, {"privacy": {"epsilon": 7.9, "steps": 10, "curve": [1, 2]}})
-    assert rec == {"private": True, "target_epsilon": 8.0, "delta": 1e-5, "accountant": "prv",
-                   "spent": {"epsilon": 7.9, "steps": 10}}
+def test_privacy_fields_come_from_the_run_s_privacy_record(tmp_path):
+    import json
+
+    assert M.privacy_of(tmp_path)["private"] is False  # no privacy.json: not a private run
+    (tmp_path / "privacy.json").write_text(json.dumps({"epsilon": 7.3, "epsilon_budget": 10.0, "delta": 1e-5,
+                                                       "accountant": "rdp", "noise_multiplier": 0.53, "steps": 5550}))
+    rec = M.privacy_of(tmp_path)
+    assert rec["private"] is True and rec["epsilon"] == 7.3 and rec["epsilon_budget"] == 10.0
+    assert rec["accountant"] == "rdp" and rec["steps"] == 5550
 
 
 # --- `ganforge audit` end to end --------------------------------------------------------------------

@@ -138,19 +138,16 @@ def unseen(pool: ImageData, seen: set[bytes]) -> ImageData:
                      class_names=pool.class_names, source=pool.source)
 
 
-def privacy_of(cfg: Any, state: Optional[dict] = None) -> dict:
-    """The run's differential-privacy settings (config section `privacy`, when there is one and it
-    is enabled) and what the checkpoint says was spent; otherwise that the run is not private."""
-    p = getattr(cfg, "privacy", None)
-    if p is None or not getattr(p, "enabled", False):
+def privacy_of(run_dir: Path) -> dict:
+    """What the run's privacy record says (epsilon spent by its latest checkpoint, delta, accountant, ...),
+    through the one helper every command uses, or that the run is not private."""
+    from ganforge.training.privacy import summary
+
+    private = summary(run_dir)
+    if private is None:
         return {"private": False, "note": "trained without differential privacy: these attacks are the only "
                                           "evidence, and they bound nothing"}
-    keys = ("epsilon", "target_epsilon", "delta", "target_delta", "accountant", "noise_multiplier", "max_grad_norm")
-    out: dict[str, Any] = {"private": True, **{k: getattr(p, k) for k in keys if hasattr(p, k)}}
-    spent = (state or {}).get("privacy")
-    if isinstance(spent, dict):
-        out["spent"] = {k: v for k, v in spent.items() if isinstance(v, (int, float, str, bool))}
-    return out
+    return {"private": True, **private}
 
 
 # --- the attacks -----------------------------------------------------------------------------------
@@ -329,4 +326,4 @@ def setup_for_run(model: Any, *, train: ImageData, heldout: ImageData, split: st
         members_from += f", less those the reference trained on ({len(members)} left)"
         nonmembers_from += f", less those the reference trained on ({len(nonmembers)} left)"
     return Setup(target=target, members=members, nonmembers=nonmembers, reference=ref, n_max=n_max,
-                 members_from=members_from, nonmembers_from=nonmembers_from, privacy=privacy_of(model.cfg, state))
+                 members_from=members_from, nonmembers_from=nonmembers_from, privacy=privacy_of(Path(model.run_dir)))
