@@ -255,8 +255,8 @@ def verdict(section: dict) -> str:
 
 # --- from run folders ------------------------------------------------------------------------------
 
-def discriminator_of(model: Any, device: str | torch.device = "cpu") -> tuple[Optional[nn.Module], str, dict]:
-    """(the run's discriminator in eval mode or None, why not, the checkpoint's state) for a loaded
+def discriminator_of(model: Any, device: str | torch.device = "cpu") -> tuple[Optional[nn.Module], str]:
+    """(the run's discriminator in eval mode or None, why not) for a loaded
     `outputs.model.Model`."""
     from ganforge.models import build_models
     from ganforge.training.checkpoint import load_checkpoint, split_prefix
@@ -265,7 +265,7 @@ def discriminator_of(model: Any, device: str | torch.device = "cpu") -> tuple[Op
     # Opacus wraps a privately trained module in a GradSampleModule, whose state names start `_module.`.
     weights = {k.removeprefix("_module."): v for k, v in split_prefix(tensors, "D.").items()}
     if not weights:
-        return None, f"{model.checkpoint} holds no discriminator weights", state
+        return None, f"{model.checkpoint} holds no discriminator weights"
     shape = state["data_shape"]
     _, d = build_models(model.cfg.model, channels=shape["channels"], size=shape["size"],
                         num_classes=shape["num_classes"])
@@ -273,8 +273,8 @@ def discriminator_of(model: Any, device: str | torch.device = "cpu") -> tuple[Op
         d.load_state_dict(weights)
     except RuntimeError:
         return None, (f"the discriminator weights in {model.checkpoint} do not fit the {model.cfg.model.arch} "
-                      f"discriminator its config builds"), state
-    return d.to(device).eval(), "", state
+                      f"discriminator its config builds")
+    return d.to(device).eval(), ""
 
 
 def _describe(cfg: Any) -> str:
@@ -282,13 +282,13 @@ def _describe(cfg: Any) -> str:
     return f"{d.name} {d.split}" + (f", first {d.limit}" if d.limit else "")
 
 
-def _attacked(model: Any, device, *, own: bool) -> tuple[Attacked, dict]:
+def _attacked(model: Any, device, *, own: bool) -> Attacked:
     from ganforge.metrics.evaluation import make_generate
 
-    d, why, state = discriminator_of(model, device)
+    d, why = discriminator_of(model, device)
     generate = None if own else make_generate(model.g, z_dim=model.z_dim, num_classes=model.num_classes,
                                               device=device)
-    return Attacked(str(model.run_dir), d, generate, conditional=model.conditional, no_discriminator=why), state
+    return Attacked(str(model.run_dir), d, generate, conditional=model.conditional, no_discriminator=why)
 
 
 def setup_for_run(model: Any, *, train: ImageData, heldout: ImageData, split: str, reference: Optional[Path] = None,
@@ -299,7 +299,7 @@ def setup_for_run(model: Any, *, train: ImageData, heldout: ImageData, split: st
     from ganforge.data import load_dataset
     from ganforge.outputs.model import load_model
 
-    target, state = _attacked(model, device, own=True)
+    target = _attacked(model, device, own=True)
     members, nonmembers = train, unseen(heldout, image_keys(train.images))
     members_from = f"the run's training images ({_describe(model.cfg)}: {len(train)})"
     nonmembers_from = f"the {split} split ({len(nonmembers)} images not in the training set)"
@@ -311,7 +311,7 @@ def setup_for_run(model: Any, *, train: ImageData, heldout: ImageData, split: st
                               f"the audited run's {model.channels}x{model.size}px; a reference must make the same")
         if ref_model.conditional and train.labels is None:
             raise ConfigError(f"--reference-run {reference}: a conditional model, but the members have no labels")
-        ref, _ = _attacked(ref_model, device, own=False)
+        ref = _attacked(ref_model, device, own=False)
         c = ref_model.cfg.data
         same = c.name == model.cfg.data.name
         seen = load_dataset(name=c.name, root=(data_dir if same and data_dir else c.root), split=c.split,

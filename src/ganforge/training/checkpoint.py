@@ -10,7 +10,6 @@ is complete.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -26,14 +25,6 @@ from ganforge.errors import CheckpointError
 PREFIX = "step_"
 WEIGHTS, STATE = "weights.safetensors", "state.pt"
 _NAME = re.compile(rf"{PREFIX}\d{{9}}")  # exactly what save_checkpoint names a step
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -77,7 +68,7 @@ def save_checkpoint(run_dir: Path, *, step: int, tensors: dict[str, torch.Tensor
     try:
         with fsutil.atomic_dir(final) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
-            torch.save(dict(state, weights_sha256=_sha256(tmp / WEIGHTS)), tmp / STATE)
+            torch.save(dict(state, weights_sha256=fsutil.sha256_file(tmp / WEIGHTS)), tmp / STATE)
     except OSError as exc:
         previous = [p.name for p in list_checkpoints(run_dir)]
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
@@ -108,7 +99,7 @@ def _read_state(path: Path, map_location: str | torch.device = "cpu") -> dict:
         raise CheckpointError(f"{state_file}: not a valid ganforge state file ({exc.__class__.__name__})") from None
     if not isinstance(state, dict) or "weights_sha256" not in state:
         raise CheckpointError(f"{state_file}: not a ganforge state file (no weights checksum)")
-    if _sha256(weights) != state["weights_sha256"]:
+    if fsutil.sha256_file(weights) != state["weights_sha256"]:
         raise CheckpointError(f"{weights}: checksum mismatch (truncated or modified)")
     return state
 
