@@ -11,9 +11,15 @@ One D step (`PrivateDiscriminator.step`):
 2. `DPOptimizer.pre_step` clips each to `privacy.max_grad_norm` C, sums them, adds N(0, sigma^2 C^2)
    once and divides by the expected batch size q N;
 3. a generated batch of the expected size, its labels drawn uniformly (public), goes through D with
-   the hooks off; the gradient of D's generated-image term is added unclipped. It is a function of
-   G and D alone, both already private, so it needs neither clipping nor noise: running it through
-   the DP optimizer too, as a known Opacus GAN example does, clips and noises public terms for nothing;
+   the hooks on too; each generated image's gradient is clipped to the same C (Opacus's
+   `clip_and_accumulate`), summed and divided by q N, with no noise, and added. The generated term is
+   a function of G and D alone, both already private, so it costs no privacy and needs no noise:
+   running it through the DP optimizer's noise too, as a known Opacus GAN example does, charges the
+   budget for public data. It is clipped all the same so that the two halves of D's loss weigh alike:
+   added unclipped (`privacy.clip_generated=false`), the generated term's gradients were many times
+   the clipped real ones, D learned to reject generated images long before it learned what a digit
+   is, its score on them fell below 0.01 within 250 D steps and G collapsed to one stroke for every
+   class (benchmarks/records/privacy/mnist-dp-first-try.json);
 4. D's own optimizer steps, and the ledger counts one subsampled Gaussian mechanism (sigma, q).
 
 D's loss is split into its real and its generated term, which only a separable objective allows:
@@ -265,7 +271,7 @@ class PrivateDiscriminator:
     def step(self, x: torch.Tensor, labels: Optional[torch.Tensor], *,
              train_g: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], dict[str, torch.Tensor]]:
         """One D step; (the generated images, their labels, what the window logs: nothing of the real batch)."""
-        obj, c, b = self.objective, self.cfg.loss, self.plan.expected_batch_size
+        obj, b = self.objective, self.plan.expected_batch_size
         fake_labels = torch.randint(self.num_classes, (b,), device=self.device) if self.num_classes else None
         with torch.set_grad_enabled(train_g):  # G's graph only when G learns this step
             fake = obj.G(torch.randn(b, obj.z_dim, device=self.device), fake_labels)
@@ -274,11 +280,7 @@ class PrivateDiscriminator:
         with _quiet_hooks():
             self.real_term(x, labels)
             self.dp.pre_step()  # clip each image's gradient, sum, add N(0, sigma^2 C^2) once, divide by q N
-            for p in self.dp.params:  # Opacus's sum is contiguous; a channels_last weight wants its layout
-                if p.grad is not None and p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last):
-                    p.grad = p.grad.contiguous(memory_format=torch.channels_last)
-            d_fake = self.D(obj.augment(fake.detach()), fake_labels).float()
-            obj.loss.d_loss(d_fake.detach(), d_fake, c).backward()  # the generated term: public, added unclipped
+            d_fake = self.generated_term(fake.detach(), fake_labels)
         self.dp.original_optimizer.step()
         self.ledger.step()
         self.schedule.d_step(d_fake, train_g=train_g)
@@ -293,11 +295,35 @@ class PrivateDiscriminator:
         self.hooks.enable_hooks()
         try:
             with _quiet_hooks():
-                real = self.D(self.objective.augment(x), labels).float()
+                # Contiguous: Opacus's per-sample convolution gradients misread channels_last (setup.models).
+                real = self.D(self.objective.augment(x).contiguous(), labels).float()
                 # With the real logits detached in the generated slot, only the real term has a gradient.
                 self.objective.loss.d_loss(real, real.detach(), self.cfg.loss).backward()
         finally:
             self.hooks.disable_hooks()
+
+    def generated_term(self, fake: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Add the gradient of D's generated-image term to the real term's noised one in `p.grad`; D's logits.
+
+        Public data: no noise and no privacy charged. Clipped per image to the same C unless
+        `privacy.clip_generated=false`, so that neither half of D's loss outweighs the other."""
+        obj, b, clip = self.objective, self.plan.expected_batch_size, self.cfg.privacy.clip_generated
+        real_grads = [p.grad for p in self.dp.params]
+        self.dp.zero_grad(set_to_none=True)
+        if clip:
+            self.hooks.enable_hooks()
+        try:
+            d_fake = self.D(obj.augment(fake).contiguous(), labels).float()  # contiguous: see setup.models
+            # With the generated logits detached in the real slot, only the generated term has a gradient.
+            obj.loss.d_loss(d_fake.detach(), d_fake, self.cfg.loss).backward()
+        finally:
+            self.hooks.disable_hooks()
+        if clip:
+            self.dp.clip_and_accumulate()  # Opacus's per-sample clipping into p.summed_grad; no noise
+        for p, real in zip(self.dp.params, real_grads):
+            fake_grad = p.summed_grad.view_as(p) / b if clip else p.grad  # pyright: ignore[reportAttributeAccessIssue]
+            p.grad = real if fake_grad is None else real + fake_grad
+        return d_fake
 
     @property
     def rate(self) -> int:
