@@ -322,7 +322,7 @@ class PrivateDiscriminator:
             self.dp.clip_and_accumulate()  # Opacus's per-sample clipping into p.summed_grad; no noise
         for p, real in zip(self.dp.params, real_grads):
             fake_grad = p.summed_grad.view_as(p) / b if clip else p.grad  # pyright: ignore[reportAttributeAccessIssue]
-            p.grad = real if fake_grad is None else real + fake_grad
+            p.grad = fake_grad if real is None else real if fake_grad is None else real + fake_grad
         return d_fake
 
     @property
