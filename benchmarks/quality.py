@@ -2,11 +2,14 @@
 
     python -m benchmarks.quality --preset mnist-best [--epochs E] [--set KEY=VALUE ...]
                                  [--data-dir DIR] [--out DIR] [--record FILE] [--n N] [--skip-train]
+                                 [--audit "AUDIT ARGS"]
 
 The budget is the preset's length in images (its epochs, or --epochs), so a record means the same
 on any machine; the record also says how many seconds of training that took here, on which CPU,
 and whether anything else was running (the load average before and after). Both steps run the
-`ganforge` command, so the record holds the exact commands that reproduce it.
+`ganforge` command, so the record holds the exact commands that reproduce it. With --audit, a third
+command, `ganforge audit`, adds the utility (CAS, the DP papers' downstream CNN) and the membership
+attacks; a private run's record also carries its privacy ledger (epsilon spent, delta, accountant).
 
 Protocols (docs/evaluation.md describes each metric):
 - mnist, fashion-mnist: Inception FID/KID/PR of 10,000 generated against the 10,000 test images,
@@ -63,6 +66,12 @@ def _run(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def _audit_summary(run_dir: Path) -> dict:
+    """The audit's utility (CAS, the downstream CNN) and membership-inference results, without per-image lists."""
+    audit = json.loads((run_dir / "audit.json").read_text())
+    return {k: audit[k] for k in ("protocol", "utility", "membership", "memorisation") if k in audit}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", required=True)
@@ -76,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--record", help="record file (default benchmarks/records/quality/<name>.json)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate an existing run folder")
     ap.add_argument("--train-note", default="", help="how the training ran, for --skip-train (e.g. what else ran)")
+    ap.add_argument("--audit", default="", metavar="ARGS",
+                    help="also run `ganforge audit RUN ARGS` (e.g. \"--n 10000 --spaces pixels\") and record its "
+                         "utility and membership-inference results")
     args = ap.parse_args(argv)
 
     from ganforge.config import load_yaml, preset_config
@@ -108,13 +120,19 @@ def main(argv: list[str] | None = None) -> None:
         eval_cmd += ["--data-dir", args.data_dir]
     eval_seconds = _run(eval_cmd)
 
+    audit_cmd = [*exe, "audit", str(run_dir), *shlex.split(args.audit), "--overwrite"]
+    if args.audit and args.data_dir:
+        audit_cmd += ["--data-dir", args.data_dir]
+    audit_seconds = _run(audit_cmd) if args.audit else None
+
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last = [r for r in log if "loss_d" in r][-1]
+    last = [r for r in log if "kimg" in r and "time" in r][-1]  # a private run logs no real-batch losses
     evaluation = json.loads(eval_json.read_text())
     import torch
 
     from ganforge import __version__
     from ganforge.runtime import cpu_threads
+    from ganforge.training import privacy
 
     record = {
         "preset": cfg.preset, "dataset": cfg.data.name, "conditional": cfg.model.conditional,
@@ -129,8 +147,11 @@ def main(argv: list[str] | None = None) -> None:
                     "load_average_before": None if args.skip_train else round(load_before, 2),
                     "load_average_after": None if args.skip_train else round(load_after, 2),
                     "train_note": args.train_note},
+        **({"privacy": privacy.summary(run_dir)} if privacy.summary(run_dir) else {}),
+        **({"audit": _audit_summary(run_dir), "audit_seconds": round(audit_seconds or 0.0, 1)} if args.audit else {}),
         "versions": {"ganforge": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "commands": [shlex.join(["ganforge", *train_cmd[3:]]), shlex.join(["ganforge", *eval_cmd[3:]])],
+        "commands": [shlex.join(["ganforge", *cmd[3:]]) for cmd in (train_cmd, eval_cmd, *([audit_cmd] if args.audit
+                                                                                           else []))],
         "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(args.record) if args.record else RECORDS / f"{name}.json"

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from benchmarks.quality import PROTOCOLS, main
+from conftest import shared_path
 
 
 @pytest.mark.slow  # trains and evaluates twice
@@ -68,3 +69,24 @@ def test_ablation_table_lists_recorded_rows_and_rejects_unknown_ones(tmp_path, c
     with pytest.raises(SystemExit):
         ablation(["--data-dir", str(tmp_path), "--only", "no-such-row"])
     assert "unknown row(s) no-such-row" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains, evaluates and audits
+@pytest.mark.filterwarnings("ignore:privacy.sampling_seed", "ignore:Full backward hook is firing",
+                            "ignore:Optimal order is the largest alpha")
+def test_a_private_run_with_audit_records_its_ledger_and_the_attacks(tmp_path):
+    record_file = tmp_path / "dp.json"
+    # MNIST, not the demo's 5,000 digits: the audit needs the test split as its non-members.
+    main(["--preset", "mnist-dp", "--epochs", "1", "--data-dir", str(shared_path("mnist")), "--set", "data.limit=256",
+          "--set", "train.batch_size=32", "--set", "model.g_channels=8", "--set", "model.d_channels=8",
+          "--set", "train.threads=1", "--set", "privacy.delta=1e-3", "--set", "privacy.sampling_seed=5",
+          "--set", "model.conditional=false",  # no classifiers to train in the audit: seconds, not minutes
+          "--n", "64", "--metrics", "cls-fid", "--out", str(tmp_path / "runs"), "--record", str(record_file),
+          "--audit", "--n 64 --spaces pixels --membership-n 64"])
+    record = json.loads(record_file.read_text())
+    ledger = json.loads((tmp_path / "runs" / "mnist-dp" / "privacy.json").read_text())
+    assert record["privacy"]["epsilon"] == ledger["epsilon"] > 0 and record["privacy"]["delta"] == 1e-3
+    assert record["kimg"] > 0 and record["steps"] == ledger["step"]
+    membership = record["audit"]["membership"]
+    assert 0 <= membership["discriminator"]["auc"] <= 1 and membership["privacy"]["epsilon"] == ledger["epsilon"]
+    assert record["commands"][2].startswith("ganforge audit") and "--membership-n 64" in record["commands"][2]

@@ -291,3 +291,19 @@ def test_other_commands_carry_epsilon_delta_and_accountant(tmp_path):
     app, _, _ = build_app(model, out_dir=tmp_path / "serve")
     (about,) = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "about"]
     assert "differentially private: epsilon" in about.value and "delta 0.001 (rdp accountant" in about.value
+
+
+def test_the_memory_estimate_counts_the_per_sample_gradients_opacus_holds(tmp_path):
+    from ganforge.training import capacity
+
+    t = trainer(tmp_path)
+    x, labels = torch.rand(32, 1, 28, 28) * 2 - 1, torch.arange(32) % 10
+    t.private.dp.zero_grad(set_to_none=True)
+    t.private.real_term(x, labels)
+    held = sum(p.grad_sample.numel() * 4 for p in t.D.parameters())  # pyright: ignore[reportAttributeAccessIssue]
+    private = capacity.estimate(t.cfg, 1, 28, 10).activation_bytes
+    t.cfg.privacy.enabled = False
+    public = capacity.estimate(t.cfg, 1, 28, 10).activation_bytes
+    assert private is not None and public is not None
+    assert held <= private - public <= 3 * held
+    t.log.close()

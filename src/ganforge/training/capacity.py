@@ -135,7 +135,10 @@ def _step_activations(cfg: Config, g: nn.Module, d: nn.Module, channels: int, si
 
     d_passes = 2 + (2 if LOSSES.get(cfg.loss.name).gradient_penalty else 0)
     d_passes += (cfg.loss.r1_gamma > 0) + (cfg.loss.r2_gamma > 0)
-    return int(BACKWARD_FACTOR * (g_bytes + d_passes * d_bytes))
+    # DP-SGD (training/privacy.py): Opacus keeps one gradient per image and D parameter for the term
+    # being clipped, and its convolution grad sampler makes a temporary of about that size again.
+    per_sample = 2 * FP32 * b * _count(d) if cfg.privacy.enabled else 0
+    return int(BACKWARD_FACTOR * (g_bytes + d_passes * d_bytes)) + per_sample
 
 
 def forward_bytes(module: nn.Module, *inputs) -> int:
