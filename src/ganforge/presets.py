@@ -325,12 +325,12 @@ def _private(description: str, data: DataConfig, *, epochs: int) -> Config:
 @register_preset("mnist-dp", source="Bie et al. 2023 (Private GANs, Revisited), DP-SGD of Abadi et al. 2016 on a "
                                     "layer-normalised DCGAN D, adaptive D steps per G step; epsilon 10, delta 1e-5")
 def mnist_dp() -> Config:
-    return _private("differentially private class-conditional DCGAN on MNIST, (10, 1e-5)-DP; about 35 minutes on "
+    return _private("differentially private class-conditional DCGAN on MNIST, (10, 1e-5)-DP; about 30 minutes on "
                     "2 CPU cores", DataConfig(name="mnist"), epochs=40)
 
 
 @register_preset("fashion-mnist-dp", source="mnist-dp's recipe (Bie et al. 2023) on Fashion-MNIST (Xiao et al. "
                                             "2017); epsilon 10, delta 1e-5")
 def fashion_mnist_dp() -> Config:
-    return _private("differentially private class-conditional DCGAN on Fashion-MNIST, (10, 1e-5)-DP; about 35 "
+    return _private("differentially private class-conditional DCGAN on Fashion-MNIST, (10, 1e-5)-DP; about 30 "
                     "minutes on 2 CPU cores", DataConfig(name="fashion-mnist"), epochs=40)
