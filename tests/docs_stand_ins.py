@@ -75,7 +75,7 @@ def tiny(argv: list[str]) -> list[str]:
         steps = RESUME_STEPS if "--resume" in argv else TRAIN_STEPS
         max_steps = [argv[i + 1] for i, w in enumerate(argv[:-1]) if w == "--max-steps"]
         argv = _replace_value(argv, ("--max-steps",), str(min([steps, *map(int, max_steps)])), add=True)
-        return argv + TINY_TRAIN if _starts_a_run(argv) else argv
+        return argv + TINY_TRAIN + _tiny_batch(argv) if _starts_a_run(argv) else argv
     if argv[0] == "sweep":
         trials = min(2, int(_value_of(argv, "--trials") or 2))
         workers = min(os.cpu_count() or 1, int(_value_of(argv, "--workers") or 1))
@@ -90,6 +90,21 @@ def tiny(argv: list[str]) -> list[str]:
         argv = _replace_value(argv, ("--n-real",), TINY_N, add=True)
         return [_newest_checkpoint(w) if "/checkpoints/" in w else w for w in argv]
     return argv
+
+
+def _tiny_batch(argv: list[str]) -> list[str]:
+    """A preset's batch above 128 becomes 128, so that the 256 images hold one (a private run's sampling
+    rate, batch / N, must be below 1); a batch the command sets itself is kept."""
+    if "--batch-size" in argv or any(w.startswith("train.batch_size=") for w in argv):
+        return []
+    from ganforge.config import preset_config
+
+    preset = _value_of(argv, "--preset") or "demo"
+    try:
+        batch = preset_config(preset).train.batch_size
+    except Exception:  # an unknown preset: the command's own error says so
+        return []
+    return ["--set", "train.batch_size=128"] if batch > 128 else []
 
 
 def ganforge(argv: list[str]) -> None:

@@ -12,7 +12,8 @@ The rules, which are all the test changes about what a reader would copy:
 - A bash block runs whole under `bash -e`, with stand-ins first on its PATH
   (tests/docs_stand_ins.py) that run the real thing after one documented change each:
   `ganforge train` stops after 2 steps (4 with --resume) and, for a new run (`--resume auto`
-  included, when its run has no checkpoint yet), uses 256 images and 8-channel networks; `ganforge sweep`
+  included, when its run has no checkpoint yet), uses 256 images, a batch of at most 128 (unless the
+  command sets one) and 8-channel networks; `ganforge sweep`
   runs at most 2 trials, at most as many at once as there are cores, each of one epoch on the same 256
   images and 8-channel networks with one thread; `ganforge eval`
   generates and compares 16 images, and a `checkpoints/step_N` that does not exist means that run's

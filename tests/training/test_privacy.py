@@ -204,6 +204,7 @@ def test_resume_continues_the_ledger_exactly_and_refuses_beyond_the_budget(tmp_p
     (["--set", "train.eval_every=1"], "train.eval_every / train.eval_every_kimg"),
     (["--set", "data.augment=translation", "--set", "data.ada_target=0.6"], "data.ada_target tunes the augmentation"),
     (["--set", "privacy.delta=0.01"], "privacy.delta=0.01 must be below 1/N = 0.00391 for the 256 training images"),
+    (["--batch-size", "256"], "train.batch_size=256 must be below the 256 training images of a private run"),
     (["--set", "privacy.noise_multiplier=0.1"], "privacy.noise_multiplier=0.1 spends epsilon="),
     (["--set", "privacy.accountant=gdp"], "privacy.accountant='gdp': choose rdp or prv"),
     (["--set", "privacy.adaptive_d_steps=true", "--set", "loss.n_critic=3"], "not on Bie et al.'s ladder"),

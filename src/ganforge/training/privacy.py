@@ -115,8 +115,12 @@ def check_discriminator(cfg: Config, *, channels: int, size: int, num_classes: i
 
 
 def check_data(cfg: Config, n: int) -> None:
-    """delta must be below 1/N: a delta of 1/N allows publishing one training image outright."""
+    """The batch and delta must be below N and 1/N: a delta of 1/N allows publishing one training image outright."""
     p = cfg.privacy
+    if p.enabled and cfg.train.batch_size >= n:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be below the {n:,} training images of a "
+                          f"private run (Poisson sampling draws each image with probability batch / N < 1); "
+                          f"use e.g. {max(1, n // 8)}")
     if p.enabled and p.delta >= 1.0 / n:
         raise ConfigError(f"privacy.delta={p.delta:g} must be below 1/N = {1.0 / n:.3g} for the {n:,} training images "
                           f"(a delta of 1/N allows publishing one of them outright); use e.g. {0.1 / n:.1g}")
