@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     from ganforge.runtime import cpu_threads
     from ganforge.training import privacy
 
+    private = privacy.summary(run_dir)  # None for a run without DP
     record = {
         "preset": cfg.preset, "dataset": cfg.data.name, "conditional": cfg.model.conditional,
         "protocol": {"reference_split": split, "n_generated": n, "note": note},
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                     "load_average_before": None if args.skip_train else round(load_before, 2),
                     "load_average_after": None if args.skip_train else round(load_after, 2),
                     "train_note": args.train_note},
-        **({"privacy": privacy.summary(run_dir)} if privacy.summary(run_dir) else {}),
+        **({"privacy": private} if private else {}),
         **({"audit": _audit_summary(run_dir), "audit_seconds": round(audit_seconds or 0.0, 1)} if args.audit else {}),
         "versions": {"ganforge": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "commands": [shlex.join(["ganforge", *cmd[3:]]) for cmd in (train_cmd, eval_cmd, *([audit_cmd] if args.audit

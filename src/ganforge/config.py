@@ -112,7 +112,7 @@ class PrivacyConfig:
     enabled: bool = False
     epsilon: float = 10.0           # the budget: the run stops before a D step would spend more
     delta: float = 1e-5             # must be below 1 / the number of training images
-    max_grad_norm: float = 1.0      # C: each real image's gradient is clipped to this L2 norm
+    max_grad_norm: float = 1.0      # C: each image's gradient is clipped to this L2 norm
     clip_generated: bool = True     # clip each generated image's gradient to C as well (no noise: public data)
     accountant: str = "rdp"         # Opacus's accountant: rdp | prv
     noise_multiplier: float = 0.0   # sigma; 0: Opacus computes it from epsilon for the planned D steps (written here)

@@ -295,9 +295,9 @@ def celeba_best() -> Config:
 # TMLR 2023) find that what matters most is giving the noisy D many steps per G step and large batches,
 # and their adaptive schedule (D steps per G step raised whenever D's accuracy on generated images falls
 # to 0.7; their adaptive runs start at 1, batch 512) finds the rate without tuning. They train for
-# 165,000-450,000 D steps on a GPU; two CPU cores do about 1/40 of that in 40 minutes, so the recipe
+# 165,000-450,000 D steps on a GPU; two CPU cores do about 1/40 of that in 30 minutes, so the recipe
 # is bent towards a better signal-to-noise ratio per D step:
-# - D at width 32 (35k parameters, a quarter of width 64): the noise added per coordinate is the same
+# - D at width 32 (37k parameters, a quarter of width 64): the noise added per coordinate is the same
 #   whatever D's size, while the clipped gradient (norm at most C) spreads over a quarter as many
 #   coordinates; the per-sample gradients also cost half the time (1,150 images/s against 570 at
 #   width 64, measured alone on 2 Xeon cores).
