@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from ganforge import __version__
     from ganforge.runtime import cpu_threads
-    from ganforge.training import privacy
+    from ganforge.training import ledger
 
-    private = privacy.summary(run_dir)  # None for a run without DP
+    private = ledger.summary(run_dir)  # None for a run without DP
     record = {
         "preset": cfg.preset, "dataset": cfg.data.name, "conditional": cfg.model.conditional,
         "protocol": {"reference_split": split, "n_generated": n, "note": note},

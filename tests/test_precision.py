@@ -159,9 +159,15 @@ def test_compile_with_the_same_seed_matches_eager(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_unknown_compile_backend_is_one_line(tmp_path):
+def test_unknown_compile_backend_is_one_line_before_any_data_is_read(tmp_path, capsys):
     with pytest.raises(ConfigError, match="train.compile_backend='nope': choose one of"):
         Trainer(_tiny(train__compile=True, train__compile_backend="nope"), run_dir=tmp_path / "r", dist=Dist())
+    # The data folder does not exist: were the data read first, the message would name it instead.
+    code = run_cli(["train", "--preset", "mnist-best", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path),
+                    "--set", "train.compile=true", "--set", "train.compile_backend=nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train.compile_backend='nope'" in err[0], err
+    assert not (tmp_path / "mnist-best").exists()
 
 
 def test_the_generator_step_computes_no_discriminator_weight_gradients(tmp_path):

@@ -287,6 +287,7 @@ def validate(cfg: Config) -> None:
         (not cfg.data.ada_target or cfg.data.augment.strip(),
          "data.ada_target needs operations to apply: set data.augment (e.g. translation,cutout,color)"),
         *_privacy_checks(cfg.privacy),
+        *_compile_checks(t),
     ]
     for ok, message in checks:
         if not ok:
@@ -296,6 +297,18 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if not lo <= value <= hi:
             raise ConfigError(f"{key}={value}: must be between {lo:g} and {hi:g} ({why})")
+
+
+def _compile_checks(t: TrainConfig) -> list[tuple[bool, str]]:
+    # torch._dynamo takes a second or two to import, so only a config that compiles pays for it; the
+    # check belongs here so that a misspelt backend is refused before any data is read.
+    if not t.compile:
+        return []
+    import torch._dynamo
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    return [(t.compile_backend in backends,
+             f"train.compile_backend={t.compile_backend!r}: choose one of {', '.join(backends)}")]
 
 
 def _privacy_checks(p: PrivacyConfig) -> list[tuple[bool, str]]:

@@ -132,7 +132,7 @@ def format_table(record: dict) -> str:
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r[:5], widths)) + ("  " + r[5] if r[5] else "") for r in rows]
     lines.insert(1, "-" * max(len(x) for x in lines[:1]))
     if record.get("privacy"):
-        from ganforge.training.privacy import describe
+        from ganforge.training.ledger import describe
 
         lines.append(describe(record["privacy"]))
     return "\n".join(line.rstrip() for line in lines)
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if not dist.is_main:
         return 0
     _print_warnings(caught)
-    from ganforge.training.privacy import summary
+    from ganforge.training.ledger import summary
 
     private = summary(run_dir)  # a private run's records say under which guarantee its generator was trained
     record.update(reference_data_digest=ref.digest, run_dir=str(run_dir), checkpoint=str(checkpoint),

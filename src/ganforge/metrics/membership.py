@@ -141,7 +141,7 @@ def unseen(pool: ImageData, seen: set[bytes]) -> ImageData:
 def privacy_of(run_dir: Path) -> dict:
     """What the run's privacy record says (epsilon spent by its latest checkpoint, delta, accountant, ...),
     through the one helper every command uses, or that the run is not private."""
-    from ganforge.training.privacy import summary
+    from ganforge.training.ledger import summary
 
     private = summary(run_dir)
     if private is None:

@@ -48,7 +48,7 @@ class _Unconditional(_Conditional):
 
 def metadata(model: Model) -> dict[str, str]:
     """What the file says of itself; a private run's generator also its guarantee (epsilon, delta, accountant)."""
-    from ganforge.training.privacy import summary
+    from ganforge.training.ledger import summary
 
     private = summary(model.run_dir)
     return {"ganforge_version": __version__, "arch": model.cfg.model.arch, "z_dim": str(model.z_dim),

@@ -17,7 +17,7 @@ from typing import Optional
 from ganforge import __version__
 from ganforge.outputs.animation import gif_bytes, progress_frames
 from ganforge.outputs.runs import RunInfo
-from ganforge.training.privacy import describe, summary
+from ganforge.training.ledger import describe, summary
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ganforge.outputs.files import atomic_output
 from ganforge.outputs.model import Model, batches, check_class, check_count, check_seed, check_truncation
-from ganforge.training.privacy import summary
+from ganforge.training.ledger import summary
 
 # A folder name on every file system: no separators, no leading dot or dash, nothing a shell quotes
 # ("T-shirt/top", a Fashion-MNIST class, would be a path); otherwise the class indices are used.

@@ -28,7 +28,7 @@ from ganforge.outputs.model import (
     latents,
     to_uint8,
 )
-from ganforge.training.privacy import describe, summary
+from ganforge.training.ledger import describe, summary
 
 MAX_COUNT = 64  # an 8 x 8 grid: enough to judge variety, small enough to come back at once on a CPU
 # The browser's own fonts: Gradio's default theme fetches Google Fonts, which an offline machine

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ganforge import precision, runtime
-from ganforge.config import Config, save_yaml
+from ganforge.config import Config, save_yaml, validate
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.training import capacity, privacy, setup
 from ganforge.training.artifacts import RunLog, Snapshots
@@ -88,6 +88,7 @@ class Trainer:
     def __init__(self, cfg: Config, *, run_dir: Path, resume: bool = False, dist: runtime.Dist = runtime.Dist(),
                  allow_changes: bool = False):
         self.cfg, self.run_dir, self.dist, t = cfg, run_dir, dist, cfg.train
+        validate(cfg)  # the command has checked already; a config built in code is checked here, before any work
         # What a resume changes is checked before anything is built or written (ganforge.training.resume).
         self.changes = check_resume(run_dir, cfg, allow=allow_changes) if resume else {}
         self.device, self.precision = setup.device_and_precision(cfg, dist)

@@ -59,7 +59,7 @@ def check_resume(run_dir: Path, new: Config, *, allow: bool = False) -> dict[str
             raise ConfigError(f"--resume {run_dir}: {key} was {old!r}, now {value!r}; that changes what the saved "
                               f"position means and breaks exact resumption (add --allow-change to accept it)")
     if new.privacy.enabled:
-        from ganforge.training.privacy import check_resume as check_budget
+        from ganforge.training.ledger import check_resume as check_budget
 
         check_budget(run_dir, new)
     return diff
