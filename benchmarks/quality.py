@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", help="metric keys (default: the protocol's)")
     ap.add_argument("--record", help="record file (default benchmarks/records/quality/<name>.json)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate an existing run folder")
-    ap.add_argument("--train-note", default="", help="how the training ran, for --skip-train (e.g. what else ran)")
+    ap.add_argument("--train-note", default="", help="how the training ran (what else ran, what it was launched as)")
     ap.add_argument("--audit", default="", metavar="ARGS",
                     help="also run `ganforge audit RUN ARGS` (e.g. \"--n 10000 --spaces pixels\") and record its "
                          "utility and membership-inference results")
