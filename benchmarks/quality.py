@@ -72,6 +72,22 @@ def _audit_summary(run_dir: Path) -> dict:
     return {k: audit[k] for k in ("protocol", "utility", "membership", "memorisation") if k in audit}
 
 
+def _reuse_evaluation(eval_json: Path, *, split: str, n: int, metrics: str, skip_train: bool) -> float:
+    """The seconds of the run's latest evaluation, after checking that it followed the protocol."""
+    if not skip_train:
+        sys.exit("benchmarks.quality: --skip-eval needs --skip-train (a new training has no evaluation yet)")
+    try:
+        done = json.loads(eval_json.read_text())
+    except (OSError, ValueError):
+        sys.exit(f"benchmarks.quality: --skip-eval: no readable {eval_json}; run without --skip-eval")
+    asked = (split, n, sorted(metrics.split(",")))
+    found = (done.get("reference_split"), done.get("n_generated"), sorted(done.get("metrics", {})))
+    if asked != found:
+        sys.exit(f"benchmarks.quality: --skip-eval: {eval_json} holds split {found[0]}, n {found[1]}, metrics "
+                 f"{','.join(found[2])}; the protocol asks for split {split}, n {n}, metrics {metrics}")
+    return float(done.get("seconds", 0.0))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", required=True)
@@ -84,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", help="metric keys (default: the protocol's)")
     ap.add_argument("--record", help="record file (default benchmarks/records/quality/<name>.json)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate an existing run folder")
+    ap.add_argument("--skip-eval", action="store_true",
+                    help="with --skip-train: record the run's latest evaluation (eval.json) if it kept the protocol")
     ap.add_argument("--train-note", default="", help="how the training ran (what else ran, what it was launched as)")
     ap.add_argument("--audit", default="", metavar="ARGS",
                     help="also run `ganforge audit RUN ARGS` (e.g. \"--n 10000 --spaces pixels\") and record its "
@@ -118,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     eval_cmd = [*exe, "eval", str(run_dir), "--split", split, "--n", str(n), "--metrics", metrics]
     if args.data_dir:
         eval_cmd += ["--data-dir", args.data_dir]
-    eval_seconds = _run(eval_cmd)
+    if args.skip_eval:
+        eval_seconds = _reuse_evaluation(eval_json, split=split, n=n, metrics=metrics, skip_train=args.skip_train)
+    else:
+        eval_seconds = _run(eval_cmd)
 
     audit_cmd = [*exe, "audit", str(run_dir), *shlex.split(args.audit), "--overwrite"]
     if args.audit and args.data_dir:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from ganforge import fsutil
+from ganforge.budget import CpuTiming
 from ganforge.errors import ConfigError
 from ganforge.registry import Registry
 
@@ -143,14 +144,16 @@ class Preset:
     name: str
     source: str                     # the paper it reproduces (and the founding document, by title)
     build: Callable[[], Config]
+    timing: Optional[CpuTiming] = None  # minutes on each kind of CPU, for a preset with a time budget
 
 
 PRESETS: Registry[Preset] = Registry("preset")
 
 
-def register_preset(name: str, *, source: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
+def register_preset(name: str, *, source: str,
+                    timing: Optional[CpuTiming] = None) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
     def add(build: Callable[[], Config]) -> Callable[[], Config]:
-        PRESETS.register(name)(Preset(name=name, source=source, build=build))
+        PRESETS.register(name)(Preset(name=name, source=source, build=build, timing=timing))
         return build
 
     return add

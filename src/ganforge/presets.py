@@ -3,12 +3,21 @@ document that asked for it (by its title, e.g. "Generate images using DC-GAN") a
 settings were chosen by measurement, where that measurement is (docs/quality.md);
 `ganforge presets` lists them. Add one with `@register_preset(name, source=...)`.
 
+A preset with a time budget carries `timing`: the minutes its own epochs took on 2 CPU cores with
+native bf16 and with only AVX2 (fp32), measured by `python -m benchmarks.cpu_kinds` on an Intel
+Xeon with AMX (benchmarks/records/quality/cpu-kinds.json; the AVX2 figures cap every kernel
+library at AVX2 on that CPU). The private presets' minutes are those of mnist-dp's whole run
+(1,778 s; its first 60 steps ran slower than the average), the AVX2 figure scaled by the probe's
+ratio; `fashion-mnist-dp` has the same shapes and steps and carries them. `ganforge train` says
+at the start where the budget does not hold.
+
 Where a document leaves a setting open the preset takes the common choice of its paper and says
 so in a comment: Adam's beta1 = 0.5 (Radford et al. 2016), dropout 0.3, 64 base channels.
 """
 
 from __future__ import annotations
 
+from ganforge.budget import CpuTiming
 from ganforge.config import (
     Config,
     DataConfig,
@@ -234,7 +243,8 @@ def _demo_scaled(description: str, data: DataConfig, *, epochs: int, conditional
 
 @register_preset("mnist-best", source="the demo's DCGAN recipe (batch 32, Adam 1.2e-3, measured in "
                                       "docs/quality.md) at 128 channels with an EMA (Karras et al. 2020) and LR "
-                                      "decay; 30 CPU minutes")
+                                      "decay; 30 CPU minutes",
+                               timing=CpuTiming(30, 13.0, 37.2))
 def mnist_best() -> Config:
     # Without labels the 64-channel model stalls (docs/quality.md): classifier FID 19.3 after 2
     # epochs and 13.1 after 12; at 128 channels 16.9 after 2 epochs, in less time than 4 at 64.
@@ -244,7 +254,8 @@ def mnist_best() -> Config:
 
 @register_preset("mnist-cgan-best", source="mnist-cgan's conditional GAN with the demo's recipe (projection "
                                            "D, Miyato & Koyama 2018; docs/quality.md) at 64 channels, EMA, LR decay; "
-                                           "30 CPU minutes")
+                                           "30 CPU minutes",
+                                    timing=CpuTiming(30, 17.8, 34.8))
 def mnist_cgan_best() -> Config:
     # 12 epochs (740 s on one core) scored Inception FID 7.65; at N = 2,000 the checkpoint after 6
     # epochs (before the decay) scored 15.0 against 10.2 at the end: Inception FID keeps falling with
@@ -254,7 +265,8 @@ def mnist_cgan_best() -> Config:
 
 
 @register_preset("fashion-mnist-best", source="mnist-best's recipe on Fashion-MNIST (Xiao et al. 2017); "
-                                              "30 CPU minutes")
+                                              "30 CPU minutes",
+                                       timing=CpuTiming(30, 13.0, 37.5))
 def fashion_mnist_best() -> Config:
     return _demo_scaled("the best unconditional Fashion-MNIST model in 30 CPU minutes",
                         DataConfig(name="fashion-mnist"),
@@ -262,14 +274,16 @@ def fashion_mnist_best() -> Config:
 
 
 @register_preset("cifar10-best", source="DCGAN G with an EMA, spectrally normalised hinge D (Miyato et "
-                                        "al. 2018), DiffAugment (Zhao et al. 2020), flips; 60 CPU minutes")
+                                        "al. 2018), DiffAugment (Zhao et al. 2020), flips; 60 CPU minutes",
+                                 timing=CpuTiming(60, 38.8, 75.7))
 def cifar10_best() -> Config:
     return _best("the best unconditional CIFAR-10 model in 60 CPU minutes: FID vs the training set",
                  DataConfig(name="cifar10", hflip=True), epochs=30, augment="translation,color")
 
 
 @register_preset("cifar10-cgan-best", source="cifar10-best made class-conditional (projection D of "
-                                             "Miyato et al. 2018, with Koyama)")
+                                             "Miyato et al. 2018, with Koyama)",
+                                      timing=CpuTiming(60, 41.6, 77.5))
 def cifar10_cgan_best() -> Config:
     return _best("the best class-conditional CIFAR-10 model in 60 CPU minutes", DataConfig(name="cifar10", hflip=True),
                  epochs=30, conditional=True, augment="translation,color")
@@ -277,7 +291,8 @@ def cifar10_cgan_best() -> Config:
 
 @register_preset("celeba-best", source="cifar10-best's recipe (spectrally normalised hinge D, Miyato et al. "
                                        "2018; EMA; DiffAugment, Zhao et al. 2020) at 64x64 with adaptive "
-                                       "augmentation (Karras et al. 2020) for a few thousand faces")
+                                       "augmentation (Karras et al. 2020) for a few thousand faces",
+                                timing=CpuTiming(60, 57.1, 140.2))
 def celeba_best() -> Config:
     # 6,000 faces are few for a 64x64 GAN: Karras et al. 2020 show D overfitting within a few hundred
     # kimg at that size, so the augmentation probability is tuned by ADA instead of fixed. The budget
@@ -323,14 +338,16 @@ def _private(description: str, data: DataConfig, *, epochs: int) -> Config:
 
 
 @register_preset("mnist-dp", source="Bie et al. 2023 (Private GANs, Revisited), DP-SGD of Abadi et al. 2016 on a "
-                                    "layer-normalised DCGAN D, adaptive D steps per G step; epsilon 10, delta 1e-5")
+                                    "layer-normalised DCGAN D, adaptive D steps per G step; epsilon 10, delta 1e-5",
+                             timing=CpuTiming(30, 29.6, 40.1))
 def mnist_dp() -> Config:
     return _private("differentially private class-conditional DCGAN on MNIST, (10, 1e-5)-DP; about 30 minutes on "
                     "2 CPU cores", DataConfig(name="mnist"), epochs=40)
 
 
 @register_preset("fashion-mnist-dp", source="mnist-dp's recipe (Bie et al. 2023) on Fashion-MNIST (Xiao et al. "
-                                            "2017); epsilon 10, delta 1e-5")
+                                            "2017); epsilon 10, delta 1e-5",
+                                     timing=CpuTiming(30, 29.6, 40.1))
 def fashion_mnist_dp() -> Config:
     return _private("differentially private class-conditional DCGAN on Fashion-MNIST, (10, 1e-5)-DP; about 30 "
                     "minutes on 2 CPU cores", DataConfig(name="fashion-mnist"), epochs=40)

@@ -38,6 +38,16 @@ def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
     assert machine["load_average_before"] is None and machine["train_note"] == "alone"
     assert machine["threads"] == 1  # from the run's saved config, not the evaluating process
 
+    # Recording that evaluation again without repeating it; one that did not keep the protocol is refused.
+    reused = tmp_path / "reused.json"
+    main(["--preset", "demo", "--n", "64", "--out", str(tmp_path / "runs"), "--skip-train", "--skip-eval",
+          "--record", str(reused)])
+    assert json.loads(reused.read_text())["metrics"] == json.loads(again.read_text())["metrics"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset", "demo", "--n", "32", "--out", str(tmp_path / "runs"), "--skip-train", "--skip-eval",
+              "--record", str(tmp_path / "refused.json")])
+    assert "n 64" in str(exit_.value) and "n 32" in str(exit_.value) and not (tmp_path / "refused.json").exists()
+
 
 def test_ablation_rows_resolve_and_each_technique_row_adds_one_change():
     from benchmarks.quality_ablation import ROWS

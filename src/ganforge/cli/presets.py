@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
             where = f" --data-dir {args.data_dir}" if args.data_dir else ""
             status = f"not found; `ganforge datasets{where}` says why"
         text = layout.wrap(cfg.description, columns - indent)
+        timing = PRESETS.get(name).timing
+        if timing is not None:
+            text += layout.wrap(timing.describe(), columns - indent)
         text += layout.wrap(f"data: {cfg.data.name}, {status}", columns - indent)
         lines.append(f"{name:<{indent}}{text[0]}")
         lines += [" " * indent + t for t in text[1:]]

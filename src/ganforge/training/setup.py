@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ganforge import precision, runtime
-from ganforge.config import Config
+from ganforge.config import PRESETS, Config, preset_config
 from ganforge.data import DATASETS, ImageData, load_dataset
 from ganforge.data.batches import DeviceBatches, PoissonBatches, choose_placement, describe
 from ganforge.errors import ConfigError
@@ -47,7 +47,21 @@ def device_and_precision(cfg: Config, dist: Dist) -> tuple[torch.device, precisi
     LOSSES.get(cfg.loss.name)        # unknown names are refused before the data loads
     OPTIMIZERS.get(cfg.optim.name)
     privacy.check_config(cfg, dist.world_size)
+    note = budget_note(cfg, device)
+    if note and dist.is_main:
+        print(note, flush=True)
     return device, chosen
+
+
+def budget_note(cfg: Config, device: torch.device) -> str:
+    """Where a preset's epochs will not fit its time budget on this kind of CPU: one line (ganforge.budget)."""
+    import ganforge.presets  # noqa: F401  (fills PRESETS)
+
+    timing = PRESETS.get(cfg.preset).timing if cfg.preset in PRESETS.names() else None
+    if timing is None or device.type != "cpu" or cfg.train.amp != "auto":  # timed as the preset runs on a CPU
+        return ""
+    return timing.note(cfg.preset, preset_epochs=preset_config(cfg.preset).train.epochs, epochs=cfg.train.epochs,
+                       native_bf16=precision.cpu_native_bf16())
 
 
 def check_models(cfg: Config, *, device: torch.device, half_precision: bool, dist: Dist) -> capacity.Estimate:
