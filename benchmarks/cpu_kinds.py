@@ -55,13 +55,12 @@ def probe(preset: str, data_dir: str, *, steps: int, avx2: bool, out: Path, sets
     ips = statistics.median(speeds)
     epochs = load_yaml(out / name / "config.yaml").train.epochs  # the preset's, or as --set
     return {"images_per_s": round(ips, 1), "windows": len(speeds),
-            "budget_minutes": round(budget_minutes(out / name, epochs, ips), 1),
+            "budget_minutes": round(budget_minutes(rows, epochs, ips), 1),
             "env": AVX2 if avx2 else {}, "command": shlex.join(["ganforge", *cmd[3:]])}
 
 
-def budget_minutes(run_dir: Path, epochs: int, images_per_s: float) -> float:
-    """Minutes `epochs` passes over the run's data set take at `images_per_s`."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def budget_minutes(rows: list[dict], epochs: int, images_per_s: float) -> float:
+    """Minutes `epochs` passes over the run's data set (its metrics.jsonl `rows`) take at `images_per_s`."""
     last = [r for r in rows if "kimg" in r and r.get("epoch")][-1]
     n = last["kimg"] * 1000 / last["epoch"]  # images per epoch, as the run counted them
     return epochs * n / images_per_s / 60
