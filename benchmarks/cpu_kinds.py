@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     from ganforge.config import preset_config
     from ganforge.errors import ConfigError
 
-    dirs = dict(d.split("=", 1) for d in args.data if "=" in d)
+    bad = [d for d in args.data if "=" not in d or not d.split("=", 1)[1]]
+    if bad:
+        sys.exit(f"benchmarks.cpu_kinds: --data {bad[0]!r}: expected DATASET=DIR, "
+                 "e.g. --data mnist=../shared/data/mnist")
+    dirs = dict(d.split("=", 1) for d in args.data)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cpu-kinds-") as tmp:
         for preset in args.presets.split(","):

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else preset_config(args.preset)
     split, n, metrics, note = PROTOCOLS.get(cfg.data.name, PROTOCOLS["folder"])
     metrics = args.metrics or metrics + (CONDITIONAL_METRICS if cfg.model.conditional else "")
+    if args.n and args.n != n:  # the protocol's note names its N; say what this record did instead
+        note = f"{args.n:,} generated vs the {split} split, not the protocol's {n:,} ({note})"
     n = args.n or n
     # `ganforge eval` files its record under the run's eval/ (never replaced) and copies the latest to
     # eval.json, which is read back here.

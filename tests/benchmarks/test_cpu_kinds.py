@@ -32,3 +32,10 @@ def test_an_unknown_preset_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--data", "mnist=.", "--presets", "no-such-preset"])
     assert "no-such-preset" in str(exit_.value) and "\n" not in str(exit_.value)
+
+
+@pytest.mark.parametrize("value", ["mnist", "mnist="])
+def test_a_data_folder_without_its_dataset_is_one_line(value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data", value, "--presets", "mnist-best"])
+    assert f"--data {value!r}" in str(exit_.value) and "\n" not in str(exit_.value)

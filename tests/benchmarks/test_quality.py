@@ -20,6 +20,7 @@ def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
     assert record["preset"] == "demo" and record["dataset"] == "mnist-5k"
     assert record["protocol"]["reference_split"] == PROTOCOLS["mnist-5k"][0]
     assert record["protocol"]["n_generated"] == 64
+    assert record["protocol"]["note"].startswith("64 generated vs the train split, not the protocol's 5,000")
     assert set(record["metrics"]) == {"cls-fid", "cls-is", "cls-acc"}  # the demo is conditional
     assert all(isinstance(v, float) for v in record["metrics"].values())
     assert record["kimg"] == 0.256 and record["train_seconds"] > 0

@@ -143,6 +143,27 @@ def test_changed_source_is_a_new_cache_entry(tmp_path, cache_dir):
     assert len(a) == 12 and len(b) == 13 and len(cached_files()) == 2
 
 
+def test_the_reference_key_follows_the_content_not_the_place_or_time(tmp_path):
+    """A copy of the files elsewhere, newer, keeps the reference statistics' key (and so their cache);
+    the array cache's fingerprint, which a stat alone gives, does not survive the copy."""
+    import os
+    import shutil
+
+    from ganforge.data import dataset_fingerprint, dataset_reference_key
+
+    write_idx(tmp_path / "a", seed=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for f in (tmp_path / "b").iterdir():
+        os.utime(f, ns=(10**18, 10**18))
+    a, b = load_dataset(name="mnist", root=tmp_path / "a"), load_dataset(name="mnist", root=tmp_path / "b")
+    assert a.reference_key == b.reference_key == dataset_reference_key(name="mnist", root=tmp_path / "a")
+    assert a.fingerprint != b.fingerprint == dataset_fingerprint(name="mnist", root=tmp_path / "b")
+    write_idx(tmp_path / "b", seed=2)  # the same names and sizes, other pixels
+    assert dataset_reference_key(name="mnist", root=tmp_path / "b") != a.reference_key
+    assert dataset_reference_key(name="mnist", root=tmp_path / "a", size=14) != a.reference_key
+    assert dataset_reference_key(name="mnist", root=tmp_path / "a", limit=5) != a.reference_key
+
+
 def test_no_cache_writes_nothing(tmp_path, cache_dir):
     write_idx(tmp_path)
     load_dataset(name="mnist", root=tmp_path, cache=False)

@@ -154,7 +154,7 @@ class _Reference:
     size: int
     split: str
     root: Optional[str]
-    fingerprint: str     # what the reference-statistics cache keys on (paths, sizes, times)
+    fingerprint: str     # what the reference-statistics cache keys on (the files' content, size, crop)
     digest: str          # the content of the files, kept in the record
     key: str             # the data set's name in the record, with the size when it is not the native one
 
@@ -166,7 +166,7 @@ class _Reference:
 
 def _reference(args: argparse.Namespace, cfg) -> _Reference:
     """The run's data set at the asked split, its files found and checked before any image is made."""
-    from ganforge.data import DATASETS, check_data_dir, dataset_fingerprint
+    from ganforge.data import DATASETS, check_data_dir, dataset_reference_key
 
     name, size = cfg.data.name, cfg.data.size
     spec = DATASETS.get(name)
@@ -175,7 +175,7 @@ def _reference(args: argparse.Namespace, cfg) -> _Reference:
                           f"use --split {spec.splits[0]}")
     root = args.data_dir or cfg.data.root
     check_data_dir(name, root)
-    fingerprint = dataset_fingerprint(name=name, root=root, split=args.split, size=size)  # finds the files
+    fingerprint = dataset_reference_key(name=name, root=root, split=args.split, size=size)  # finds the files
     digest = _reference_digest(args, cfg)
     # The native size keeps the plain name, so records of runs at the data set's own size compare
     # with each other whatever their config spelled (size 0 or 28 for MNIST).

@@ -25,7 +25,7 @@ from ganforge.data.sources import LOCATORS, existing
 from ganforge.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageData", "default_cache_dir", "register_dataset",
-           "load_dataset", "dataset_fingerprint", "dataset_digest", "check_data_dir", "reads",
+           "load_dataset", "dataset_fingerprint", "dataset_reference_key", "dataset_digest", "check_data_dir", "reads",
            "Presence", "dataset_presence"]
 
 
@@ -49,6 +49,13 @@ def dataset_fingerprint(*, name: str, root: Union[str, Path, None] = None, split
     """The key of what `load_dataset` with these arguments returns (its `fingerprint`), from the files'
     paths, sizes and times alone: nothing is decoded."""
     return _plan(name=name, root=root, split=split, size=size, limit=limit).key
+
+
+def dataset_reference_key(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0,
+                          limit: int = 0) -> str:
+    """What the reference-statistics cache keys this data by (`ImageData.reference_key`): the files'
+    content with the size, crop and limit, not their place or time; nothing is decoded."""
+    return _plan(name=name, root=root, split=split, size=size, limit=limit).reference_key()
 
 
 def dataset_digest(*, name: str, root: Union[str, Path, None] = None, split: str = "train", size: int = 0) -> str:

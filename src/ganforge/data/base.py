@@ -26,7 +26,8 @@ class ImageData:
     labels: Optional[torch.Tensor]        # int64 [N] in 0..num_classes-1, or None
     class_names: tuple[str, ...] = ()     # empty when unlabelled
     source: str = ""                      # where the pixels came from, for logs and records
-    fingerprint: str = ""                 # key of the content (files, size, crop, limit): see data/cache.py
+    fingerprint: str = ""                 # key of the decoded array (files' paths and times, size, crop, limit)
+    reference_key: str = ""               # key of what the files hold, for the reference statistics: data/cache.py
     mapped: bool = False                  # images is a view of the memory-mapped cache file (shared, not private)
 
     @property

@@ -10,11 +10,17 @@ Names are imported on first use, so `ganforge --help` does not load scipy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
+    from ganforge.metrics.definitions import METRICS, MetricSpec
+    from ganforge.metrics.evaluation import evaluate, flat_values, make_generate
+
 # `evaluate` is a function; its module is `evaluation` (a submodule named like the function
 # would replace the package attribute with the module the first time it is imported).
 _EXPORTS = {"METRICS": "definitions", "MetricSpec": "definitions", "evaluate": "evaluation",
             "make_generate": "evaluation", "flat_values": "evaluation"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["METRICS", "MetricSpec", "evaluate", "flat_values", "make_generate"]
 
 
 def __getattr__(name: str):

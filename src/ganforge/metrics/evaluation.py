@@ -6,8 +6,9 @@ computed once per network). The real reference side (mean and covariance, plus f
 KID and precision/recall) is cached on disk, keyed by the real data's content fingerprint and
 everything else that changes it (`ganforge.metrics.reference`), so it is computed once. Every
 metric in the returned record carries how it was computed: N generated, N real, split, network and
-checksum, resize, seed, version, time. Metric definitions and papers: `ganforge.metrics.definitions` and `functional`;
-the feature networks, their per-process cache and their sharding under torchrun: `ganforge.metrics.networks`.
+checksum, resize, seed, version, time. Metric definitions and papers: `ganforge.metrics.definitions` and
+`functional`; the feature networks, their per-process cache and their sharding under torchrun:
+`ganforge.metrics.networks`; the real side and its cache: `ganforge.metrics.real_side`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ from typing import Any, Optional, Union, cast
 import torch
 
 from ganforge import __version__
-from ganforge.data.base import default_cache_dir
 from ganforge.errors import ConfigError
-from ganforge.metrics import reference
-from ganforge.metrics.definitions import METRICS, MetricSpec, Side, Unavailable
-from ganforge.metrics.functional import FeatureStats
+from ganforge.metrics.definitions import METRICS, MetricSpec, Unavailable
 from ganforge.metrics.networks import (
     _build_network,
     _in_process_group,
@@ -35,8 +33,9 @@ from ganforge.metrics.networks import (
     context,
     load_network,
 )
-from ganforge.metrics.precision import PRECISION, maths_device
+from ganforge.metrics.precision import PRECISION
 from ganforge.metrics.progress import EvalProgress, duration
+from ganforge.metrics.real_side import Collector, cached_reference, uncached_reference
 
 SMALL_N = 2048
 Generate = Callable[[int, torch.Generator], tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -55,68 +54,6 @@ def resolve_batch_size(batch_size: Union[int, str], device: Union[str, torch.dev
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be 'auto' or a whole number of at least 1, got {batch_size!r}")
     return batch_size
-
-
-class _Collector:
-    """Accumulates one side's outputs of one network, keeping only what the metrics need, on the device
-    the network gave them on (no copy to the host per batch)."""
-
-    def __init__(self, needs: set[str]):
-        self.needs, self.n = needs, 0
-        self.stats: Optional[FeatureStats] = None
-        self.features: list[torch.Tensor] = []
-        self.logits: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
-
-    def add(self, feats: torch.Tensor, logits: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> None:
-        self.n += len(feats)
-        if "stats" in self.needs:
-            self.stats = self.stats or FeatureStats(feats.shape[1])
-            self.stats.update(feats)
-        if "features" in self.needs:
-            # Kept in float32, the precision the network computed them in, so nothing is lost: 50,000
-            # Inception features are 400 MB so, 800 MB as float64. KID and P/R widen them for their maths.
-            self.features.append(feats.float())
-        if "logits" in self.needs and logits is not None:
-            self.logits.append(logits)
-        if labels is not None:  # the labels asked for, which cls-acc compares with the classifier's answer
-            self.labels.append(labels.detach().long())
-
-    def side(self) -> Side:
-        s = Side(n=self.n)
-        if self.stats is not None:
-            s.mu, s.sigma = self.stats.mean(), self.stats.cov()
-        if self.features:
-            s.features = torch.cat(self.features)
-        if self.logits:
-            s.logits = torch.cat(self.logits)
-        if self.labels:
-            s.labels = torch.cat(self.labels)
-        return s
-
-
-def _real_fingerprint(real_images, given: Optional[str]) -> tuple[str, Any]:
-    """(fingerprint of the real data, the images if they had to be loaded to compute it, else None)."""
-    from ganforge.metrics.reference import content_hash
-
-    if given:
-        return given, None
-    if getattr(real_images, "fingerprint", ""):
-        return real_images.fingerprint, None
-    images = real_images() if callable(real_images) else real_images
-    images = cast(torch.Tensor, getattr(images, "images", images))  # an ImageData or the tensor itself
-    return content_hash(images), images
-
-
-def _subset(images: torch.Tensor, n_real: Optional[int], dataset_key: str, split: str) -> torch.Tensor:
-    if n_real is None or n_real == len(images):
-        return images
-    if n_real > len(images):
-        raise ConfigError(f"asked for {n_real} real images but {dataset_key} {split} has {len(images)}")
-    # A fixed seed, not the evaluation's: the subset then depends on N real alone, so the cached
-    # reference statistics of one N real serve every later evaluation with that N.
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(reference.SUBSET_SEED))
-    return images[order[:n_real]]
 
 
 def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[], torch.Tensor]], dataset_key: str,
@@ -157,7 +94,7 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
     # The reference side first: from the cache (decided once for all ranks), else the real images are
     # loaded and checked now, before any image is generated.
     real_needs = _real_needs(specs, networks)
-    real, real_info, images_real = _cached_reference(
+    real, real_info, images_real = cached_reference(
         networks, real_needs, real_images, real_fingerprint, device=device, group=group,
         key=dict(dataset=dataset_key, split=split, n_real=n_real), cache_dir=cache_dir)
 
@@ -167,7 +104,7 @@ def evaluate(*, generate: Generate, real_images: Union[torch.Tensor, Callable[[]
         real_left={k: n_real_left for k in real_needs if k not in real}, log=log)
     # Only now the uncached real sides: the estimate printed after the first generated batch
     # already counts them, so the user learns the whole cost before the long pass starts.
-    _uncached_reference(networks, real_needs, real, real_info, images_real, batch_size=batch_size, device=device,
+    uncached_reference(networks, real_needs, real, real_info, images_real, batch_size=batch_size, device=device,
                         group=group, advance=lambda k, m: progress.advance(m * per_image[k]))
     progress.close()
 
@@ -200,20 +137,6 @@ def _on_every_rank(group: bool, device: torch.device, compute: Callable[[], dict
     """The metric records: computed by rank 0 alone from the gathered features, then sent to the others."""
     results = compute() if not group or _is_main() else None
     return _broadcast(results, device) if group else cast(dict, results)
-
-
-def _uncached_reference(networks, real_needs, real, real_info, images_real, *, batch_size, device, group,
-                        advance) -> None:
-    """Compute the real sides the cache did not have (into `real`) and store them; drop the cache keys
-    from `real_info`, which goes into the record."""
-    for k in real_needs:
-        if k not in real:
-            assert images_real is not None, "_cached_reference loads the real images for every uncached network"
-            real[k] = _real_pass(networks[k], real_needs[k], images_real, batch_size, device,
-                                 lambda m, k=k: advance(k, m))
-            if not group or _is_main():  # every rank holds the same statistics; one writes them
-                reference.save(Path(real_info[k]["cache"]), real_info[k].pop("key"), real[k])
-        real_info[k].pop("key", None)
 
 
 def _timings(batch_size: int, t_gen: float, seconds: float, progress: EvalProgress) -> dict[str, Any]:
@@ -262,40 +185,10 @@ def _networks(specs, *, group: bool, **build) -> tuple[dict[str, _Network], dict
     return networks, unavailable
 
 
-def _cached_reference(networks, real_needs, real_images, real_fingerprint, *, device, group, key, cache_dir):
-    """(cached real sides by network, cache info by network, the real images when some side must be
-    computed, else None). A cached side's features are moved to where the metric maths runs."""
-    real: dict[str, Side] = {}
-    real_info: dict[str, dict] = {}
-    images_real = None
-    if not real_needs:
-        return real, real_info, images_real
-    data_key, images_real = _real_fingerprint(real_images, real_fingerprint)
-    folder = Path(cache_dir or default_cache_dir()) / "reference"
-    for k in real_needs:
-        net = networks[k]
-        rk = reference.key(data=data_key, network=k, sha256=net.sha256, resize=net.resize,
-                           precision=net.precision, device=device, **key)
-        path = reference.path_for(folder, rk)
-        side = reference.load(path, rk, real_needs[k])
-        if reference.agree(side is not None, device=device, group=group):
-            assert side is not None  # every rank found it, this one included
-            if side.features is not None:  # saved on the CPU, so a cache is readable on any machine
-                side.features = side.features.to(maths_device(device))
-            real[k] = side
-        real_info[k] = {"cache": str(path), "cached": k in real, "key": rk}
-    if len(real) < len(real_needs):
-        if images_real is None:
-            images_real = real_images() if callable(real_images) else real_images
-        images_real = _subset(cast(torch.Tensor, getattr(images_real, "images", images_real)), key["n_real"],
-                              key["dataset"], key["split"])
-    return real, real_info, images_real
-
-
 def _generated_pass(generate, networks, specs, *, n, batch_size, seed, device, real_left, log):
     """Generate n images batch by batch and run each batch through every network: (generated sides,
     generation seconds, seconds per image by step, the progress, estimated after the first batch)."""
-    collectors = {k: _Collector(set().union(*(s.fake_needs for s in specs if s.network == k))) for k in networks}
+    collectors = {k: Collector(set().union(*(s.fake_needs for s in specs if s.network == k))) for k in networks}
     # One CPU generator for the whole pass, seeded once: image i depends on the seed and the batch
     # size only, not on the device or on how many networks run.
     gen = torch.Generator().manual_seed(seed)
@@ -373,18 +266,6 @@ def _estimate(per_image: dict[str, float], fake_left: int, real_left: dict[str, 
         log(f"estimate: {fake_left} more generated images{real}, at {rates} images/s measured on the first "
             f"batch here: about {duration(total)}")
     return progress
-
-
-def _real_pass(net: _Network, needs: set[str], images: torch.Tensor, batch_size: int, device: torch.device,
-               advance) -> Side:
-    collector = _Collector(needs | {"stats"})
-    t0 = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        feats, _ = net(images[i: i + batch_size], device)
-        collector.add(feats, None, None)
-        advance(len(feats))
-    net.seconds_real, net.images_real = time.perf_counter() - t0, len(images)
-    return collector.side()
 
 
 def make_generate(generator: torch.nn.Module, *, z_dim: int, num_classes: int = 0,

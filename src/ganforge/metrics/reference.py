@@ -1,8 +1,9 @@
 """The reference-statistics cache: the real side of an evaluation, computed once per content.
 
 An entry is keyed by everything that changes the statistics: the fingerprint of the real data's
-content (`ganforge.data.dataset_fingerprint`: the files' paths, sizes and times, the image size,
-crop and limit, and the reader version), the split, N real and the subset seed, the feature
+content (`ganforge.data.dataset_reference_key`: a digest of what the files hold, the image size,
+crop and limit, and the reader version; not their paths or times, so a copied or newly mounted
+data set keeps its entry), the split, N real and the subset seed, the feature
 network (its sha256 and resize rule), the precision and the device type the features were computed
 with (a GPU's float32 convolutions differ from a CPU's by more than the statistics' own round-off)
 and the layout of the entry itself. Two folders with the same

@@ -45,7 +45,8 @@ class PeriodicEval:
             METRICS.get(m)  # an unknown key stops the run before training, with the valid choices
         self.real = data.images
         self.dataset_key = f"{cfg.data.name}@{data.size}px-{cfg.data.split}-limit{cfg.data.limit}"
-        self.fingerprint = data.fingerprint  # the reference cache is keyed by the content, not the name
+        # the reference cache is keyed by what the files hold, not by their name, place or time
+        self.fingerprint = data.reference_key or data.fingerprint
         self.reported: set[str] = set()
 
     def due_epoch(self, epoch_done: int) -> bool:
