@@ -164,6 +164,22 @@ def test_the_reference_key_follows_the_content_not_the_place_or_time(tmp_path):
     assert dataset_reference_key(name="mnist", root=tmp_path / "a", limit=5) != a.reference_key
 
 
+def test_loading_reads_no_file_for_the_reference_key_until_an_evaluation_asks(tmp_path, monkeypatch):
+    """Training never evaluates against a reference in most runs: the digest of the files' contents is
+    left to the first use of `reference_key`, and computed once."""
+    import ganforge.data.cache as cache_mod
+
+    write_idx(tmp_path, seed=1)
+    calls = []
+    real = cache_mod.content_digest
+    monkeypatch.setattr(cache_mod, "content_digest", lambda *a: calls.append(a) or real(*a))
+    data = load_dataset(name="mnist", root=tmp_path)
+    assert calls == []
+    key = data.reference_key
+    assert key.startswith("content:") and len(calls) == 1
+    assert data.reference_key == key and len(calls) == 1
+
+
 def test_no_cache_writes_nothing(tmp_path, cache_dir):
     write_idx(tmp_path)
     load_dataset(name="mnist", root=tmp_path, cache=False)

@@ -27,8 +27,17 @@ class ImageData:
     class_names: tuple[str, ...] = ()     # empty when unlabelled
     source: str = ""                      # where the pixels came from, for logs and records
     fingerprint: str = ""                 # key of the decoded array (files' paths and times, size, crop, limit)
-    reference_key: str = ""               # key of what the files hold, for the reference statistics: data/cache.py
     mapped: bool = False                  # images is a view of the memory-mapped cache file (shared, not private)
+    # computes the key of what the files hold (data/cache.py), asked for by an evaluation only
+    key_of_content: Optional[Callable[[], str]] = field(default=None, repr=False, compare=False)
+    _reference_key: str = field(default="", repr=False, compare=False)
+
+    @property
+    def reference_key(self) -> str:
+        """The reference statistics' cache key ("" when unknown), computed once on first use."""
+        if not self._reference_key and self.key_of_content is not None:
+            self._reference_key = self.key_of_content()
+        return self._reference_key
 
     @property
     def num_classes(self) -> int:

@@ -24,7 +24,6 @@ the outcome in one gather, so a failed decode stops every rank with the same one
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -161,6 +160,24 @@ def _load(path: Path) -> ImageData:
 DIGEST_SPAN = 4 << 20  # bytes read from each end of a source file for its content digest
 
 
+def content_digest(what: tuple, sources) -> str:
+    """A digest of what the files hold, not where they are: the same data in two folders agrees,
+    MNIST and Fashion-MNIST (same names and sizes) do not. Head and tail of each file, so a data
+    set of gigabytes costs milliseconds. A folder's (path, size, mtime) entry stands in by its name
+    and size."""
+    h = hashlib.sha256(repr(what).encode())
+    for src in sources:
+        if isinstance(src, tuple):
+            h.update(repr((Path(src[0]).name, src[1])).encode())
+            continue
+        with open(src, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h.update(repr((Path(src).name, size)).encode() + f.read(DIGEST_SPAN))
+            f.seek(max(size - DIGEST_SPAN, 0))
+            h.update(f.read(DIGEST_SPAN))
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Planned:
     """A reader's answer before any decoding: what it would produce, and the key of that content."""
@@ -178,20 +195,8 @@ class Planned:
     limit: int = 0
 
     def content_digest(self) -> str:
-        """A digest of what the files hold, not where they are: the same data in two folders agrees,
-        MNIST and Fashion-MNIST (same names and sizes) do not. Head and tail of each file, so a
-        data set of gigabytes costs milliseconds."""
-        h = hashlib.sha256(repr((self.name, self.split, self.size)).encode())
-        for src in self.sources:
-            if isinstance(src, tuple):  # a folder's (path, size, mtime): its name and size stand for it
-                h.update(repr((Path(src[0]).name, src[1])).encode())
-                continue
-            with open(src, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                h.update(repr((Path(src).name, size)).encode() + f.read(DIGEST_SPAN))
-                f.seek(max(size - DIGEST_SPAN, 0))
-                h.update(f.read(DIGEST_SPAN))
-        return h.hexdigest()[:16]
+        """A digest of what the files hold, not where they are (`content_digest` below)."""
+        return content_digest((self.name, self.split, self.size), self.sources)
 
     def reference_key(self) -> str:
         """What the evaluation's reference statistics are keyed by. The files a reader opens stand in it
@@ -199,9 +204,10 @@ class Planned:
         unpacked again or mounted anew keeps its cached Inception statistics (minutes to an hour of a
         CPU). A folder's or zip's listing keeps its paths and times: its files stand in the digest by
         name and size alone, which two folders of same-sized uncompressed images would share."""
-        files = dataclasses.replace(self, sources=tuple(s for s in self.sources if not isinstance(s, tuple)))
+        files = [s for s in self.sources if not isinstance(s, tuple)]
         listed = [s for s in self.sources if isinstance(s, tuple)]
-        h = hashlib.sha256(repr((files.content_digest(), listed, self.crop, self.limit, READER_VERSION)).encode())
+        digest = content_digest((self.name, self.split, self.size), files)
+        h = hashlib.sha256(repr((digest, listed, self.crop, self.limit, READER_VERSION)).encode())
         return "content:" + h.hexdigest()[:20]
 
     def load(self, *, cache: bool = True, dist: Optional[Dist] = None) -> ImageData:
@@ -213,7 +219,8 @@ class Planned:
             data, _ = self._load_here(cache=cache)
         else:
             data = self._load_once_per_host(dist)
-        data.fingerprint, data.reference_key = self.key, self.reference_key()
+        # the reference key reads the ends of every file: only an evaluation asks for it
+        data.fingerprint, data.key_of_content = self.key, self.reference_key
         return data
 
     def path(self) -> Path:
