@@ -51,6 +51,7 @@ class ModelConfig:
     arch_d: str = ""                # D's architecture when it differs from G's (a key of MODELS); "" = arch
     d_sn: bool = False              # spectral normalisation of every D layer (Miyato et al. 2018)
     d_mbstd: int = 0                # for dcgan/resnet D: minibatch standard deviation over groups of this size; 0 = off
+    d_condition: str = "projection"  # how a conditional dcgan D sees the label: projection | input (label maps)
     ema_kimg: float = 0.0           # half-life of G's exponential moving average in thousands of images; 0 = off
     ema_rampup: float = 0.05        # early on the half-life is at most this fraction of the images seen; 0 = none
 

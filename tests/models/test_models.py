@@ -45,6 +45,31 @@ def test_conditional_models_depend_on_label(arch):
     assert not torch.equal(logit_1, logit_7)
 
 
+def test_label_maps_condition_dcgan_d_after_its_first_layer():
+    """d_condition=input: half the first layer's channels are a learned map per class (Bie et al. 2023),
+    the projection is gone, and the label changes the logit."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="dcgan", d_channels=8, conditional=True, d_condition="input", d_norm="layer")
+    _, d = build_models(cfg, channels=1, size=28, num_classes=10)
+    assert d.features[0].out_channels == 4 and d.label_maps.embed.weight.shape == (10, 4)
+    assert d.project.embed is None
+    x = torch.randn(1, 1, 28, 28).repeat(2, 1, 1, 1)
+    a, b = d(x, torch.tensor([1, 7]))
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="pass labels"):
+        d(x)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (ModelConfig(arch="resnet", conditional=True, d_condition="input"), "conditions by projection only"),
+    (ModelConfig(arch="dcgan", conditional=False, d_condition="input"), "set model.conditional=true"),
+    (ModelConfig(arch="dcgan", conditional=True, d_condition="concat"), "choose one of: projection, input"),
+])
+def test_label_maps_where_d_cannot_take_them_are_refused(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        build_models(cfg, channels=1, size=28, num_classes=10)
+
+
 def test_impossible_size_is_refused_with_choices():
     with pytest.raises(ConfigError, match="cannot make 30x30 images; sizes it can make"):
         build_models(ModelConfig(arch="dcgan"), channels=1, size=30, num_classes=0)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ganforge.config import ModelConfig
 from ganforge.errors import ConfigError
-from ganforge.models.common import MinibatchStd
+from ganforge.models.common import LabelMaps, MinibatchStd
 from ganforge.registry import Registry
 
 # build(cfg, *, channels, size, num_classes) -> (generator, discriminator)
@@ -42,6 +42,11 @@ def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int
     if cfg.d_mbstd and not any(isinstance(m, MinibatchStd) for m in d.modules()):
         raise ConfigError(f"model.d_mbstd={cfg.d_mbstd}: the {cfg.arch_d or cfg.arch} discriminator has no minibatch "
                           "standard deviation layer; use arch (or arch_d) dcgan or resnet, or d_mbstd=0")
+    if cfg.d_condition != "projection" and not any(isinstance(m, LabelMaps) for m in d.modules()):
+        raise ConfigError(f"model.d_condition={cfg.d_condition}: " + (
+            f"the {cfg.arch_d or cfg.arch} discriminator conditions by projection only; use arch (or arch_d) "
+            "dcgan, or d_condition=projection" if cfg.conditional else
+            "label maps condition D on the class: set model.conditional=true, or d_condition=projection"))
     if cfg.d_sn:
         spectral_normalise(d)
     return g, d

@@ -2,7 +2,8 @@
 
 Conditioning follows Mirza & Osindero 2014 ("Conditional GANs": a label embedding joined to the
 input) and, for convolutional discriminators, Miyato & Koyama 2018 ("cGANs with Projection
-Discriminator": logit += <embed(y), phi(x)>).
+Discriminator": logit += <embed(y), phi(x)>) or label maps joined to D's first feature maps, the
+conditioning of Bie et al.'s private DCGAN ("Private GANs, Revisited", TMLR 2023).
 """
 
 from __future__ import annotations
@@ -76,6 +77,28 @@ class Projection(nn.Module):
         # <embed(y), phi(x)>: [B, F] * [B, F] summed to [B]. An inner product, not a label joined to
         # the input, so D judges "is this a real y" without first having to learn what y means.
         return logit + (self.embed(labels) * features).sum(dim=1)
+
+
+class LabelMaps(nn.Module):
+    """A learned map per class, joined to D's first feature maps: [B, C, H, W] -> [B, C + maps, H, W].
+
+    Bie et al. 2023 condition their private D this way (a convolution of one-hot label planes,
+    which away from the border is a constant per class and channel, as here). Every later weight
+    of D then sees the label in every image of the batch; a projection's class embedding learns
+    only from the images of its own class, a tenth of each MNIST batch, against the full noise
+    DP-SGD adds to every coordinate.
+    """
+
+    def __init__(self, num_classes: int, maps: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, maps)
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("this discriminator is conditional: pass labels")
+        b, _, height, width = h.shape
+        maps = self.embed(labels)[:, :, None, None].expand(b, -1, height, width)  # [B, maps, H, W]
+        return torch.cat([h, maps.to(h.dtype)], dim=1)
 
 
 class MinibatchStd(nn.Module):

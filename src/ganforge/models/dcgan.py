@@ -7,6 +7,10 @@ At 64x64 with 64 base channels this is the classic workload: G 100->512->256->12
 `model.d_norm` picks D's normalisation: `batch` (the paper), `layer` or `none`. A WGAN-GP critic
 must not use batch norm: the gradient penalty is taken per sample, and batch norm makes each
 output depend on the whole batch (Gulrajani et al. 2017, section 4, recommend layer norm).
+
+`model.d_condition` picks how a conditional D sees the label: `projection` (Miyato & Koyama 2018,
+the default) or `input`, a learned map per class joined to the first layer's output (half of its
+channels), as in Bie et al.'s private DCGAN (2023).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 from ganforge.config import ModelConfig
 from ganforge.errors import ConfigError
 from ganforge.models import register_model
-from ganforge.models.common import LatentWithLabel, MinibatchStd, Projection, conv_stages, dcgan_init
+from ganforge.models.common import LabelMaps, LatentWithLabel, MinibatchStd, Projection, conv_stages, dcgan_init
 
 
 class DCGANGenerator(nn.Module):
@@ -49,6 +53,7 @@ class DCGANGenerator(nn.Module):
 
 
 D_NORMS = ("batch", "layer", "none")
+D_CONDITIONS = ("projection", "input")
 
 
 def _d_norm(kind: str, ch: int) -> nn.Module:
@@ -61,14 +66,18 @@ def _d_norm(kind: str, ch: int) -> nn.Module:
 
 class DCGANDiscriminator(nn.Module):
     def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, dropout: float = 0.0,
-                 norm: str = "batch", mbstd: int = 0):
+                 norm: str = "batch", mbstd: int = 0, condition: str = "projection"):
         super().__init__()
         if norm not in D_NORMS:
             raise ConfigError(f"model.d_norm={norm!r}: choose one of: {', '.join(D_NORMS)}")
+        if condition not in D_CONDITIONS:
+            raise ConfigError(f"model.d_condition={condition!r}: choose one of: {', '.join(D_CONDITIONS)}")
         start, stages = conv_stages(size, arch="dcgan")
+        # label maps take half of the first layer's channels; the image the other half
+        maps = width // 2 if num_classes and condition == "input" else 0
         # No normalisation on the first layer (Radford et al. 2016, section 3): normalising the input
         # layer made their models oscillate. [B, C, size, size] -> [B, w, size/2, size/2]
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, width - maps, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         ch = width
         for _ in range(stages - 1):  # [B, ch, s, s] -> [B, 2ch, s/2, s/2]
             # a bias only without a normalisation: batch and layer norm subtract the mean, cancelling it
@@ -80,11 +89,15 @@ class DCGANDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)  # -> [B, ch, start, start]
         self.mbstd = MinibatchStd(mbstd) if mbstd else None  # -> [B, ch + 1, start, start]
         self.head = nn.Conv2d(ch + (1 if mbstd else 0), 1, start, 1, 0)  # -> [B, 1, 1, 1]
-        self.project = Projection(num_classes, ch)
+        self.label_maps = LabelMaps(num_classes, maps) if maps else None  # after features[1]: -> [B, w, ...]
+        self.project = Projection(0 if maps else num_classes, ch)
         dcgan_init(self)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x)
+        if self.label_maps is None:
+            h = self.features(x)
+        else:  # the label joins after the first convolution and its LeakyReLU
+            h = self.features[2:](self.label_maps(self.features[:2](x), labels))
         logit = self.head(self.mbstd(h) if self.mbstd else h).flatten()  # [B]
         # the projection's phi(x): D's last map summed over its positions, [B, ch] (the global sum
         # pooling of Miyato & Koyama's discriminator)
@@ -95,5 +108,5 @@ class DCGANDiscriminator(nn.Module):
 def build_dcgan(cfg: ModelConfig, *, channels: int, size: int, num_classes: int):
     g = DCGANGenerator(z_dim=cfg.z_dim, channels=channels, size=size, width=cfg.g_channels, num_classes=num_classes)
     d = DCGANDiscriminator(channels=channels, size=size, width=cfg.d_channels, num_classes=num_classes,
-                           dropout=cfg.dropout, norm=cfg.d_norm, mbstd=cfg.d_mbstd)
+                           dropout=cfg.dropout, norm=cfg.d_norm, mbstd=cfg.d_mbstd, condition=cfg.d_condition)
     return g, d
