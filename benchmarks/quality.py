@@ -57,6 +57,37 @@ def cpu_model() -> str:
     return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} cores, {bf16}"
 
 
+def matmul_gflops(threads: int) -> float:
+    """fp32 matmul GFLOP/s on `threads` threads. Two hosts that `lscpu` names alike ran the same private
+    training 2.2 times apart on two days (1,117 and 500 images/s), so a record's seconds are read
+    beside what the host gave at the time."""
+    import torch
+
+    from benchmarks.train_speed import matmul_peak
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 1))
+    try:
+        return round(matmul_peak(torch.float32, torch.device("cpu")) / 1e9, 1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _training_threads(preset: str, overrides: list[str]) -> int:
+    """The threads the training will use: its config's `train.threads`, else what ganforge picks."""
+    from ganforge.config import apply_override, preset_config
+    from ganforge.errors import ConfigError
+    from ganforge.runtime import cpu_threads
+
+    try:
+        cfg = preset_config(preset)
+        for s in overrides:
+            apply_override(cfg, s)
+    except ConfigError as e:
+        sys.exit(f"benchmarks.quality: {e}")
+    return cpu_threads(cfg.train.threads)
+
+
 def _run(cmd: list[str]) -> float:
     print("$", shlex.join(cmd), flush=True)
     start = time.perf_counter()
@@ -121,11 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     for s in args.set:
         train_cmd += ["--set", s]
     load_before = os.getloadavg()[0]
+    threads = _training_threads(args.preset, args.set)
+    gflops_before = None if args.skip_train else matmul_gflops(threads)
     if not args.skip_train:
         if run_dir.exists():
             sys.exit(f"benchmarks.quality: {run_dir} exists; pass --name, or --skip-train to evaluate it")
         _run(train_cmd)
     load_after = os.getloadavg()[0]
+    gflops_after = None if args.skip_train else matmul_gflops(threads)
     cfg = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else preset_config(args.preset)
     split, n, metrics, note = PROTOCOLS.get(cfg.data.name, PROTOCOLS["folder"])
     metrics = args.metrics or metrics + (CONDITIONAL_METRICS if cfg.model.conditional else "")
@@ -170,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
                     "threads": cfg.train.threads or (None if args.skip_train else cpu_threads()),
                     "load_average_before": None if args.skip_train else round(load_before, 2),
                     "load_average_after": None if args.skip_train else round(load_after, 2),
+                    # what the host gave the training's threads just before and after it
+                    "matmul_gflops_before": gflops_before, "matmul_gflops_after": gflops_after,
                     "train_note": args.train_note},
         **({"privacy": private} if private else {}),
         **({"audit": _audit_summary(run_dir), "audit_seconds": round(audit_seconds or 0.0, 1)} if args.audit else {}),

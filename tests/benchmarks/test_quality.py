@@ -30,6 +30,7 @@ def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
     assert train_cmd.startswith("ganforge train --preset demo") and "--epochs 1" in train_cmd
     assert eval_cmd.startswith("ganforge eval") and "--n 64" in eval_cmd
     assert record["machine"]["load_average_before"] is not None
+    assert record["machine"]["matmul_gflops_before"] > 0 and record["machine"]["matmul_gflops_after"] > 0
 
     # Evaluating the same run again: the training's load is unknown now, the note says how it ran.
     again = tmp_path / "again.json"
@@ -37,6 +38,7 @@ def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
           "--record", str(again)])
     machine = json.loads(again.read_text())["machine"]
     assert machine["load_average_before"] is None and machine["train_note"] == "alone"
+    assert machine["matmul_gflops_before"] is None  # nothing trained here: the host then is unknown
     assert machine["threads"] == 1  # from the run's saved config, not the evaluating process
 
     # Recording that evaluation again without repeating it; one that did not keep the protocol is refused.
