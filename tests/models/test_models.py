@@ -61,7 +61,8 @@ def test_label_maps_condition_dcgan_d_after_its_first_layer():
 
 
 @pytest.mark.parametrize("cfg, message", [
-    (ModelConfig(arch="resnet", conditional=True, d_condition="input"), "conditions by projection only"),
+    (ModelConfig(arch="resnet", conditional=True, d_condition="input"), "only the dcgan discriminator takes"),
+    (ModelConfig(arch="mlp", conditional=True, d_condition="input"), "the mlp one conditions its own way"),
     (ModelConfig(arch="dcgan", conditional=False, d_condition="input"), "set model.conditional=true"),
     (ModelConfig(arch="dcgan", conditional=True, d_condition="concat"), "choose one of: projection, input"),
 ])

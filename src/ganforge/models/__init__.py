@@ -44,8 +44,8 @@ def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int
                           "standard deviation layer; use arch (or arch_d) dcgan or resnet, or d_mbstd=0")
     if cfg.d_condition != "projection" and not any(isinstance(m, LabelMaps) for m in d.modules()):
         raise ConfigError(f"model.d_condition={cfg.d_condition}: " + (
-            f"the {cfg.arch_d or cfg.arch} discriminator conditions by projection only; use arch (or arch_d) "
-            "dcgan, or d_condition=projection" if cfg.conditional else
+            f"only the dcgan discriminator takes label maps (the {cfg.arch_d or cfg.arch} one conditions its own "
+            "way); use arch (or arch_d) dcgan, or d_condition=projection" if cfg.conditional else
             "label maps condition D on the class: set model.conditional=true, or d_condition=projection"))
     if cfg.d_sn:
         spectral_normalise(d)
