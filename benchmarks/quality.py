@@ -152,14 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     for s in args.set:
         train_cmd += ["--set", s]
     load_before = os.getloadavg()[0]
-    threads = _training_threads(args.preset, args.set)
-    gflops_before = None if args.skip_train else matmul_gflops(threads)
+    threads = gflops_before = None  # an existing run's training threads and host are not known here
     if not args.skip_train:
+        threads = _training_threads(args.preset, args.set)
+        gflops_before = matmul_gflops(threads)
         if run_dir.exists():
             sys.exit(f"benchmarks.quality: {run_dir} exists; pass --name, or --skip-train to evaluate it")
         _run(train_cmd)
     load_after = os.getloadavg()[0]
-    gflops_after = None if args.skip_train else matmul_gflops(threads)
+    gflops_after = None if threads is None else matmul_gflops(threads)
     cfg = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else preset_config(args.preset)
     split, n, metrics, note = PROTOCOLS.get(cfg.data.name, PROTOCOLS["folder"])
     metrics = args.metrics or metrics + (CONDITIONAL_METRICS if cfg.model.conditional else "")
@@ -188,7 +189,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from ganforge import __version__
-    from ganforge.runtime import cpu_threads
     from ganforge.training import ledger
 
     private = ledger.summary(run_dir)  # None for a run without DP
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_seconds": last["time"], "eval_seconds": round(eval_seconds, 1),
         # The load averages say whether anything else ran during this training; unknown for --skip-train.
         "machine": {"cpu": cpu_model(),
-                    "threads": cfg.train.threads or (None if args.skip_train else cpu_threads()),
+                    "threads": cfg.train.threads or threads,
                     "load_average_before": None if args.skip_train else round(load_before, 2),
                     "load_average_after": None if args.skip_train else round(load_after, 2),
                     # what the host gave the training's threads just before and after it
