@@ -52,6 +52,7 @@ class ModelConfig:
     d_sn: bool = False              # spectral normalisation of every D layer (Miyato et al. 2018)
     d_mbstd: int = 0                # for dcgan/resnet D: minibatch standard deviation over groups of this size; 0 = off
     d_condition: str = "projection"  # how a conditional dcgan D sees the label: projection | input (label maps)
+                                    # | classifier (an auxiliary class head, AC-GAN)
     ema_kimg: float = 0.0           # half-life of G's exponential moving average in thousands of images; 0 = off
     ema_rampup: float = 0.05        # early on the half-life is at most this fraction of the images seen; 0 = none
 
@@ -66,6 +67,7 @@ class LossConfig:
     r1_gamma: float = 0.0           # zero-centred penalty on real images, gamma/2 E|grad D(x)|^2 (Mescheder 2018)
     r2_gamma: float = 0.0           # the same on generated images (Roth et al. 2017; R3GAN uses both)
     reg_every: int = 1              # apply R1/R2 every N D steps, scaled by N (lazy regularisation, Karras 2020)
+    class_weight: float = 1.0       # weight of the class head's cross-entropy (model.d_condition=classifier)
 
 
 @dataclass
@@ -334,6 +336,7 @@ LIMITS = (
     ("optim.momentum", 0.0, 0.999999, "SGD momentum lies in [0, 1)"),
     ("optim.lr_g", 0.0, 10.0, "a learning rate above 10 only diverges"),
     ("optim.lr_d", 0.0, 10.0, "a learning rate above 10 only diverges"),
+    ("loss.class_weight", 0.0, 1000.0, "1 weighs the class head's cross-entropy like the adversarial loss"),
     ("train.seed", 0, 2**32 - 1, "seeds are 32-bit"),
     ("train.threads", 0, 1024, "0 uses every core"),
     # Sizes: far above any published GAN at these resolutions, far below what fails to allocate.

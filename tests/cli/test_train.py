@@ -71,6 +71,18 @@ def test_a_refused_start_leaves_no_run_folder(argv, message, tmp_path, tiny_args
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "loss.name=wasserstein"], "unknown loss 'wasserstein'"),  # refused with the config
+    (["--preset", "mnist-dcgan", "--data-dir", "nowhere"], "no such file or directory"),  # by the trainer
+])
+def test_a_refused_start_removes_the_out_folders_it_made(argv, message, tmp_path, tiny_args, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kept").mkdir()
+    assert run_cli(["train", "--out", "kept/new/deeper", *tiny_args, *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
 def _digest(folder):
     return {p.relative_to(folder): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -60,7 +60,23 @@ def test_label_maps_condition_dcgan_d_after_its_first_layer():
         d(x)
 
 
+def test_a_class_head_gives_class_logits_beside_an_unconditional_logit():
+    """d_condition=classifier (AC-GAN): D's logit ignores the label, its class head gives [B, K] logits."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="dcgan", d_channels=8, conditional=True, d_condition="classifier", d_norm="layer")
+    _, d = build_models(cfg, channels=1, size=28, num_classes=10)
+    assert d.project.embed is None and d.label_maps is None
+    x = torch.randn(3, 1, 28, 28)
+    logits, classes = d(x, torch.tensor([1, 7, 3]), with_classes=True)
+    assert logits.shape == (3,) and classes.shape == (3, 10)
+    assert torch.equal(d(x, torch.tensor([0, 0, 0])), logits)
+    with pytest.raises(ValueError, match="no class head"):
+        build_models(ModelConfig(arch="dcgan", d_channels=8, conditional=True), channels=1, size=28,
+                     num_classes=10)[1](x, torch.tensor([1, 7, 3]), with_classes=True)
+
+
 @pytest.mark.parametrize("cfg, message", [
+    (ModelConfig(arch="resnet", conditional=True, d_condition="classifier"), "only the dcgan discriminator takes"),
     (ModelConfig(arch="resnet", conditional=True, d_condition="input"), "only the dcgan discriminator takes"),
     (ModelConfig(arch="mlp", conditional=True, d_condition="input"), "the mlp one conditions its own way"),
     (ModelConfig(arch="dcgan", conditional=False, d_condition="input"), "set model.conditional=true"),

@@ -136,11 +136,12 @@ def test_the_generated_term_is_clipped_per_image_and_unnoised(tmp_path, monkeypa
     t.log.close()
 
 
-@pytest.mark.parametrize("d_condition", ["projection", "input"])
+@pytest.mark.parametrize("d_condition", ["projection", "input", "classifier"])
 def test_per_sample_gradients_of_the_real_term_are_each_images_own(tmp_path, d_condition):
     # Opacus's convolution per-sample gradients misread channels_last activations (relative error 0.9
     # measured), and channels_last is the default layout: a private D must stay contiguous. The
-    # label maps' embedding has Opacus's own per-sample rule, checked here like the rest.
+    # label maps' embedding has Opacus's own per-sample rule, checked here like the rest; the class
+    # head's cross-entropy must ride in each image's own gradient.
     t = trainer(tmp_path, d_condition)
     assert t.cfg.train.channels_last
     x = torch.rand(6, 1, 28, 28) * 2 - 1
@@ -150,9 +151,25 @@ def test_per_sample_gradients_of_the_real_term_are_each_images_own(tmp_path, d_c
     per_sample = torch.cat([p.grad_sample.reshape(6, -1) for p in t.D.parameters()], 1)  # pyright: ignore
     for i in range(6):
         t.D.zero_grad(set_to_none=True)
-        logits = t.D(x[i:i + 1], labels[i:i + 1]).float()
-        t.objective.loss.d_loss(logits, logits.detach(), t.cfg.loss).backward()
+        logits, class_loss = t.objective.judge(t.D, x[i:i + 1], labels[i:i + 1])
+        (t.objective.loss.d_loss(logits, logits.detach(), t.cfg.loss) + class_loss).backward()
         assert (per_sample[i] - d_grad(t)).norm() <= 1e-5 * d_grad(t).norm()
+    if d_condition == "classifier":  # the head learnt from the labels: its gradient is not zero
+        assert t.D.classes.conv.weight.grad_sample.abs().sum() > 0  # pyright: ignore
+    t.log.close()
+
+
+def test_a_class_head_learns_nothing_from_generated_images(tmp_path, monkeypatch):
+    # AC-GAN's head is trained on real images only (objective.py); its per-sample gradients of the
+    # generated term are zeros, present because Opacus's clipping asks one of every parameter.
+    t = trainer(tmp_path, "classifier")
+    t.private.dp.zero_grad(set_to_none=True)
+    fake, labels = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
+    t.private.real_term(fake[:0], labels[:0])  # an empty real batch: the generated term alone
+    t.private.dp.pre_step()
+    t.private.generated_term(fake, labels)
+    head = t.D.classes.conv.weight
+    assert head.grad_sample is not None and head.grad_sample.abs().sum() == 0  # pyright: ignore
     t.log.close()
 
 

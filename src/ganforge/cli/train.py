@@ -138,6 +138,25 @@ def _finished(run_dir: Path, cfg) -> Optional[str]:
     return None
 
 
+def _missing_folders(out: Path) -> list[Path]:
+    """`out` and those of its parents that do not exist yet, deepest first: what a new run's mkdir creates."""
+    missing = []
+    for folder in (out, *out.absolute().parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty: the `--out` folders a refused start made."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only while empty: a run or another process may have put something there
+        except OSError:
+            break
+
+
 def _drop_new_run_dir(run_dir: Path, lock, *, auto: bool) -> None:
     """After a refused start: remove the folder this start created, so no empty run folder is left.
     `--resume auto` may have found the folder there already: it goes only when it holds nothing."""
@@ -222,10 +241,7 @@ def _agreed_run_dir(args: argparse.Namespace, cfg, out: Path, resume_dir: Option
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ganforge.config import format_config, load_yaml
-    from ganforge.outputs.files import check_writable_folder, is_run_folder
-    from ganforge.runtime import Dist
-    from ganforge.training.loop import Trainer
+    from ganforge.outputs.files import is_run_folder
 
     if getattr(args, "config", None) and (args.preset or args.resume):
         raise ConfigError(f"--config {args.config} and {'--preset' if args.preset else '--resume'}: give one of "
@@ -235,6 +251,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: is a run folder; a new run goes beside it, in the folder of runs "
                           f"(e.g. --out {out.parent})")
     resume_dir = _resume_dir(args, out)
+    created = [] if resume_dir else _missing_folders(out)
+    try:
+        return _train(args, out, resume_dir)
+    except BaseException:
+        _remove_empty(created)  # a refused start leaves no --out folder it made either
+        raise
+
+
+def _train(args: argparse.Namespace, out: Path, resume_dir: Optional[Path]) -> int:
+    from ganforge.config import format_config, load_yaml
+    from ganforge.outputs.files import check_writable_folder
+    from ganforge.runtime import Dist
+    from ganforge.training.loop import Trainer
+
     # Before the config is even built: a run that trains for an hour must not learn at its first
     # checkpoint that it cannot write one.
     check_writable_folder(resume_dir or out, "--resume" if resume_dir else "--out")

@@ -1,7 +1,8 @@
 """Generator/discriminator pairs in a registry: `build_models(cfg.model, channels=, size=, num_classes=)`.
 
 Every generator maps `(z [B, z_dim], labels [B] or None)` to images [B, C, H, W] in [-1, 1];
-every discriminator maps `(images, labels or None)` to one logit per image, [B].
+every discriminator maps `(images, labels or None)` to one logit per image, [B]; one with an auxiliary
+class head (`model.d_condition=classifier`) also to its class logits, [B, K], when called `with_classes=True`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 from ganforge.config import ModelConfig
 from ganforge.errors import ConfigError
-from ganforge.models.common import LabelMaps, MinibatchStd
+from ganforge.models.common import MinibatchStd
 from ganforge.registry import Registry
 
 # build(cfg, *, channels, size, num_classes) -> (generator, discriminator)
@@ -42,11 +43,13 @@ def build_models(cfg: ModelConfig, *, channels: int, size: int, num_classes: int
     if cfg.d_mbstd and not any(isinstance(m, MinibatchStd) for m in d.modules()):
         raise ConfigError(f"model.d_mbstd={cfg.d_mbstd}: the {cfg.arch_d or cfg.arch} discriminator has no minibatch "
                           "standard deviation layer; use arch (or arch_d) dcgan or resnet, or d_mbstd=0")
-    if cfg.d_condition != "projection" and not any(isinstance(m, LabelMaps) for m in d.modules()):
-        raise ConfigError(f"model.d_condition={cfg.d_condition}: " + (
-            f"only the dcgan discriminator takes label maps (the {cfg.arch_d or cfg.arch} one conditions its own "
-            "way); use arch (or arch_d) dcgan, or d_condition=projection" if cfg.conditional else
-            "label maps condition D on the class: set model.conditional=true, or d_condition=projection"))
+    if cfg.d_condition != "projection" and cfg.d_condition not in getattr(d, "conditions", ("projection",)):
+        raise ConfigError(f"model.d_condition={cfg.d_condition}: only the dcgan discriminator takes it (the "
+                          f"{cfg.arch_d or cfg.arch} one conditions its own way); use arch (or arch_d) dcgan, or "
+                          "d_condition=projection")
+    if cfg.d_condition != "projection" and not cfg.conditional:
+        raise ConfigError(f"model.d_condition={cfg.d_condition} conditions D on the class: set "
+                          "model.conditional=true, or d_condition=projection")
     if cfg.d_sn:
         spectral_normalise(d)
     return g, d

@@ -101,6 +101,22 @@ class LabelMaps(nn.Module):
         return torch.cat([h, maps.to(h.dtype)], dim=1)
 
 
+class ClassHead(nn.Module):
+    """An auxiliary classifier on D's last feature maps (AC-GAN, Odena et al. 2017): [B, ch, s, s] -> [B, K].
+
+    A signal per image where a projection's class embedding learns per class: each real image's
+    cross-entropy on its own label trains it, and G is rewarded when its image shows the asked-for
+    class. One kernel over the whole map, like D's adversarial head beside it.
+    """
+
+    def __init__(self, features: int, side: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(features, num_classes, side, 1, 0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv(h).flatten(1)  # [B, K]
+
+
 class MinibatchStd(nn.Module):
     """One more feature map: how much the samples of a group differ (Karras et al. 2018, "Progressive
     Growing of GANs", section 3). A batch of near-identical fakes then looks unlike a real batch, so

@@ -9,8 +9,9 @@ must not use batch norm: the gradient penalty is taken per sample, and batch nor
 output depend on the whole batch (Gulrajani et al. 2017, section 4, recommend layer norm).
 
 `model.d_condition` picks how a conditional D sees the label: `projection` (Miyato & Koyama 2018,
-the default) or `input`, a learned map per class joined to the first layer's output (half of its
-channels), as in Bie et al.'s private DCGAN (2023).
+the default), `input`, a learned map per class joined to the first layer's output (half of its
+channels), as in Bie et al.'s private DCGAN (2023), or `classifier`, an unconditional logit beside an
+auxiliary classifier head (AC-GAN, Odena et al. 2017; its loss in training/objective.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from torch import nn
 from ganforge.config import ModelConfig
 from ganforge.errors import ConfigError
 from ganforge.models import register_model
-from ganforge.models.common import LabelMaps, LatentWithLabel, MinibatchStd, Projection, conv_stages, dcgan_init
+from ganforge.models.common import (
+    ClassHead,
+    LabelMaps,
+    LatentWithLabel,
+    MinibatchStd,
+    Projection,
+    conv_stages,
+    dcgan_init,
+)
 
 
 class DCGANGenerator(nn.Module):
@@ -53,7 +62,7 @@ class DCGANGenerator(nn.Module):
 
 
 D_NORMS = ("batch", "layer", "none")
-D_CONDITIONS = ("projection", "input")
+D_CONDITIONS = ("projection", "input", "classifier")
 
 
 def _d_norm(kind: str, ch: int) -> nn.Module:
@@ -65,6 +74,8 @@ def _d_norm(kind: str, ch: int) -> nn.Module:
 
 
 class DCGANDiscriminator(nn.Module):
+    conditions = D_CONDITIONS  # the values of model.d_condition it takes
+
     def __init__(self, *, channels: int, size: int, width: int, num_classes: int = 0, dropout: float = 0.0,
                  norm: str = "batch", mbstd: int = 0, condition: str = "projection"):
         super().__init__()
@@ -90,10 +101,14 @@ class DCGANDiscriminator(nn.Module):
         self.mbstd = MinibatchStd(mbstd) if mbstd else None  # -> [B, ch + 1, start, start]
         self.head = nn.Conv2d(ch + (1 if mbstd else 0), 1, start, 1, 0)  # -> [B, 1, 1, 1]
         self.label_maps = LabelMaps(num_classes, maps) if maps else None  # after features[1]: -> [B, w, ...]
-        self.project = Projection(0 if maps else num_classes, ch)
+        classify = bool(num_classes) and condition == "classifier"
+        self.classes = ClassHead(ch, start, num_classes) if classify else None  # -> [B, K]
+        self.project = Projection(0 if maps or classify else num_classes, ch)
         dcgan_init(self)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
+                with_classes: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One logit per image, [B]; with `with_classes` also the class head's logits, [B, K]."""
         if self.label_maps is None:
             h = self.features(x)
         else:  # the label joins after the first convolution and its LeakyReLU
@@ -101,7 +116,12 @@ class DCGANDiscriminator(nn.Module):
         logit = self.head(self.mbstd(h) if self.mbstd else h).flatten()  # [B]
         # the projection's phi(x): D's last map summed over its positions, [B, ch] (the global sum
         # pooling of Miyato & Koyama's discriminator)
-        return self.project(logit, h.sum(dim=(2, 3)), labels)
+        logit = self.project(logit, h.sum(dim=(2, 3)), labels)
+        if not with_classes:
+            return logit
+        if self.classes is None:
+            raise ValueError("this discriminator has no class head (model.d_condition=classifier)")
+        return logit, self.classes(h)
 
 
 @register_model("dcgan")

@@ -184,9 +184,10 @@ class PrivateDiscriminator:
         try:
             with _quiet_hooks():
                 # Contiguous: Opacus's per-sample convolution gradients misread channels_last (setup.models).
-                real = self.D(self.objective.augment(x).contiguous(), labels).float()
-                # With the real logits detached in the generated slot, only the real term has a gradient.
-                self.objective.loss.d_loss(real, real.detach(), self.cfg.loss).backward()
+                real, class_loss = self.objective.judge(self.D, self.objective.augment(x).contiguous(), labels)
+                # With the real logits detached in the generated slot, only the real term has a gradient;
+                # a class head's cross-entropy on each image's label rides in that image's gradient.
+                (self.objective.loss.d_loss(real, real.detach(), self.cfg.loss) + class_loss).backward()
         finally:
             self.hooks.disable_hooks()
 
@@ -201,9 +202,11 @@ class PrivateDiscriminator:
         if clip:
             self.hooks.enable_hooks()
         try:
-            d_fake = self.D(obj.augment(fake).contiguous(), labels).float()  # contiguous: see setup.models
+            d_fake, class_loss = obj.judge(self.D, obj.augment(fake).contiguous(), labels)  # contiguous: setup.models
             # With the generated logits detached in the real slot, only the generated term has a gradient.
-            obj.loss.d_loss(d_fake.detach(), d_fake, self.cfg.loss).backward()
+            # A class head learns from real images only (objective.py); times 0 its loss still gives the
+            # head the per-sample gradients (zeros) Opacus's clipping asks of every parameter.
+            (obj.loss.d_loss(d_fake.detach(), d_fake, self.cfg.loss) + 0.0 * class_loss).backward()
         finally:
             self.hooks.disable_hooks()
         if clip:
