@@ -156,3 +156,24 @@ def test_default_metrics_on_a_real_run_with_the_real_inception(runs, capsys):
     kid = record["metrics"]["kid"]
     assert "std" not in kid and "no spread over subsets" in kid["note"]
     assert "n/a" not in captured.out and "no spread over subsets" in captured.out
+
+
+def test_under_torchrun_the_reference_is_decoded_once_per_host(monkeypatch):
+    # The real images are loaded through the ranks' Dist, so that on a cache miss one process per host
+    # decodes them (data.cache's per-host lock) instead of every rank at once.
+    import ganforge.data
+    from ganforge.cli.eval import _Reference
+
+    seen = {}
+
+    class Loaded:
+        images = "decoded"
+
+    def fake_load(**kw):
+        seen.update(kw)
+        return Loaded()
+
+    monkeypatch.setattr(ganforge.data, "load_dataset", fake_load)
+    dist = object()
+    assert _Reference("mnist", 0, "test", "/data", "key", "digest", "mnist").images(dist) == "decoded"
+    assert seen["dist"] is dist and seen["split"] == "test"

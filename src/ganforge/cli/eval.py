@@ -158,10 +158,12 @@ class _Reference:
     digest: str          # the content of the files, kept in the record
     key: str             # the data set's name in the record, with the size when it is not the native one
 
-    def images(self):
+    def images(self, dist=None):
+        """The decoded images; under torchrun (`dist`) one process per host decodes on a cache miss and
+        the others map its file, as training does, instead of every rank decoding the set at once."""
         from ganforge.data import load_dataset
 
-        return load_dataset(name=self.name, root=self.root, split=self.split, size=self.size).images
+        return load_dataset(name=self.name, root=self.root, split=self.split, size=self.size, dist=dist).images
 
 
 def _reference(args: argparse.Namespace, cfg) -> _Reference:
@@ -222,7 +224,7 @@ def _evaluate(args: argparse.Namespace, *, g, cfg, num_classes: int, ref: _Refer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         record = evaluate(generate=make_generate(g, z_dim=cfg.model.z_dim, num_classes=num_classes, device=device),
-                          real_images=ref.images, real_fingerprint=ref.fingerprint, dataset_key=ref.key,
+                          real_images=lambda: ref.images(dist), real_fingerprint=ref.fingerprint, dataset_key=ref.key,
                           metrics=keys, n=args.n, batch_size=args.batch_size, device=device, seed=args.seed,
                           inception_path=args.inception, split=args.split, n_real=args.n_real, classifier=ref.name,
                           log=(lambda s: print(s, file=sys.stderr, flush=True)) if dist.is_main else None,
