@@ -48,7 +48,7 @@ def test_class_head_learns_from_real_images_only(tmp_path):
     x, labels = torch.rand(8, 1, 28, 28) * 2 - 1, torch.arange(8) % 10
     t.D.zero_grad(set_to_none=True)
     t.objective.discriminator(x, labels, step=1, train_g=False, scaler=t.scaler_d).loss.backward()
-    head = t.D.classes.conv.weight
+    head = t.D.classes.linear.weight
     step_grad = head.grad.clone()
     t.D.zero_grad(set_to_none=True)
     F.cross_entropy(t.D(x, labels, with_classes=True)[1], labels).backward()

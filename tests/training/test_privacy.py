@@ -155,7 +155,7 @@ def test_per_sample_gradients_of_the_real_term_are_each_images_own(tmp_path, d_c
         (t.objective.loss.d_loss(logits, logits.detach(), t.cfg.loss) + class_loss).backward()
         assert (per_sample[i] - d_grad(t)).norm() <= 1e-5 * d_grad(t).norm()
     if d_condition == "classifier":  # the head learnt from the labels: its gradient is not zero
-        assert t.D.classes.conv.weight.grad_sample.abs().sum() > 0  # pyright: ignore
+        assert t.D.classes.linear.weight.grad_sample.abs().sum() > 0  # pyright: ignore
     t.log.close()
 
 
@@ -168,7 +168,7 @@ def test_a_class_head_learns_nothing_from_generated_images(tmp_path, monkeypatch
     t.private.real_term(fake[:0], labels[:0])  # an empty real batch: the generated term alone
     t.private.dp.pre_step()
     t.private.generated_term(fake, labels)
-    head = t.D.classes.conv.weight
+    head = t.D.classes.linear.weight
     assert head.grad_sample is not None and head.grad_sample.abs().sum() == 0  # pyright: ignore
     t.log.close()
 

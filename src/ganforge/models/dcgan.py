@@ -102,7 +102,7 @@ class DCGANDiscriminator(nn.Module):
         self.head = nn.Conv2d(ch + (1 if mbstd else 0), 1, start, 1, 0)  # -> [B, 1, 1, 1]
         self.label_maps = LabelMaps(num_classes, maps) if maps else None  # after features[1]: -> [B, w, ...]
         classify = bool(num_classes) and condition == "classifier"
-        self.classes = ClassHead(ch, start, num_classes) if classify else None  # -> [B, K]
+        self.classes = ClassHead(ch, num_classes) if classify else None  # -> [B, K]
         self.project = Projection(0 if maps or classify else num_classes, ch)
         dcgan_init(self)
 
