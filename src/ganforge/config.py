@@ -67,7 +67,8 @@ class LossConfig:
     r1_gamma: float = 0.0           # zero-centred penalty on real images, gamma/2 E|grad D(x)|^2 (Mescheder 2018)
     r2_gamma: float = 0.0           # the same on generated images (Roth et al. 2017; R3GAN uses both)
     reg_every: int = 1              # apply R1/R2 every N D steps, scaled by N (lazy regularisation, Karras 2020)
-    class_weight: float = 1.0       # weight of the class head's cross-entropy (model.d_condition=classifier)
+    class_weight: float = 1.0       # weight of the class head's cross-entropy in D's loss (d_condition=classifier)
+    class_weight_g: float = 1.0     # and in G's loss, on the asked-for labels
 
 
 @dataclass
@@ -337,6 +338,7 @@ LIMITS = (
     ("optim.lr_g", 0.0, 10.0, "a learning rate above 10 only diverges"),
     ("optim.lr_d", 0.0, 10.0, "a learning rate above 10 only diverges"),
     ("loss.class_weight", 0.0, 1000.0, "1 weighs the class head's cross-entropy like the adversarial loss"),
+    ("loss.class_weight_g", 0.0, 1000.0, "1 weighs the class head's cross-entropy like the adversarial loss"),
     ("train.seed", 0, 2**32 - 1, "seeds are 32-bit"),
     ("train.threads", 0, 1024, "0 uses every core"),
     # Sizes: far above any published GAN at these resolutions, far below what fails to allocate.

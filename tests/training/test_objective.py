@@ -24,9 +24,9 @@ def trainer(tmp_path, **loss) -> Trainer:
     return Trainer(cfg, run_dir=tmp_path / "run", dist=Dist())
 
 
-@pytest.mark.parametrize("weight", [1.0, 0.25])
-def test_class_head_cross_entropy_joins_d_and_g_losses(tmp_path, weight):
-    t = trainer(tmp_path, class_weight=weight)
+@pytest.mark.parametrize("weight, weight_g", [(1.0, 1.0), (30.0, 0.25)])
+def test_class_head_cross_entropy_joins_d_and_g_losses(tmp_path, weight, weight_g):
+    t = trainer(tmp_path, class_weight=weight, class_weight_g=weight_g)
     obj, lo, c = t.objective, t.objective.loss, t.cfg.loss
     assert obj.classify
     x, labels = torch.rand(8, 1, 28, 28) * 2 - 1, torch.arange(8) % 10
@@ -36,7 +36,7 @@ def test_class_head_cross_entropy_joins_d_and_g_losses(tmp_path, weight):
         expected = lo.d_loss(real, t.D(d.fake, labels), c) + weight * F.cross_entropy(classes, labels)
         assert torch.allclose(d.loss, expected, atol=1e-6)
         fake_logits, fake_classes = t.D(d.fake, labels, with_classes=True)
-        expected_g = lo.g_loss(fake_logits, None) + weight * F.cross_entropy(fake_classes, labels)
+        expected_g = lo.g_loss(fake_logits, None) + weight_g * F.cross_entropy(fake_classes, labels)
         assert torch.allclose(obj.generator(x, labels, d.fake), expected_g, atol=1e-6)
     t.log.close()
 

@@ -151,7 +151,7 @@ def test_per_sample_gradients_of_the_real_term_are_each_images_own(tmp_path, d_c
     per_sample = torch.cat([p.grad_sample.reshape(6, -1) for p in t.D.parameters()], 1)  # pyright: ignore
     for i in range(6):
         t.D.zero_grad(set_to_none=True)
-        logits, class_loss = t.objective.judge(t.D, x[i:i + 1], labels[i:i + 1])
+        logits, class_loss = t.objective.judge(t.D, x[i:i + 1], labels[i:i + 1], weight=1.0)
         (t.objective.loss.d_loss(logits, logits.detach(), t.cfg.loss) + class_loss).backward()
         assert (per_sample[i] - d_grad(t)).norm() <= 1e-5 * d_grad(t).norm()
     if d_condition == "classifier":  # the head learnt from the labels: its gradient is not zero

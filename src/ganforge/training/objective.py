@@ -14,8 +14,10 @@ objective in training/loss.py):
 - torch.compile: the fast (compiled) modules for every pass except those a penalty differentiates
   twice, which need the eager D (compiled graphs have no double backward);
 - an auxiliary classifier (AC-GAN, Odena et al. 2017) when D has a class head
-  (`model.d_condition=classifier`): its cross-entropy on each real image's label joins D's loss, and
-  on the asked-for label of each generated image G's, both weighted by `loss.class_weight`. D's head
+  (`model.d_condition=classifier`): its cross-entropy on each real image's label joins D's loss
+  (weighted by `loss.class_weight`), and on the asked-for label of each generated image G's
+  (`loss.class_weight_g`). Two weights because under DP-SGD D's is also its share of each image's
+  clipped gradient (docs/privacy.md), which G's loss, never clipped, does not need. D's head
   learns from real images only: trained on generated ones too, as in the original AC-GAN, it learns
   G's mistakes as classes and rewards G for images that are easy to classify rather than real
   (Gong et al. 2019, "Twin Auxiliary Classifiers GAN", section 3).
@@ -61,13 +63,14 @@ class Objective:
         self.report = torch.sigmoid if self.loss.probabilities else (lambda v: v)  # D's outputs as logged
         self.classify = getattr(D, "classes", None) is not None  # an AC-GAN class head
 
-    def judge(self, d: Callable, x: torch.Tensor, labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's logits for `x` (augmented already), [B], and the class head's weighted cross-entropy on
-        `labels` (0 without a class head), both in float32."""
+    def judge(self, d: Callable, x: torch.Tensor, labels: Optional[torch.Tensor], *,
+              weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits for `x` (augmented already), [B], and the class head's cross-entropy on `labels`
+        times `weight` (0 without a class head), both in float32."""
         if not self.classify or labels is None:
             return d(x, labels).float(), torch.zeros((), device=x.device)
         logits, classes = d(x, labels, with_classes=True)
-        return logits.float(), self.cfg.class_weight * F.cross_entropy(classes.float(), labels)
+        return logits.float(), weight * F.cross_entropy(classes.float(), labels)
 
     def discriminator(self, x: torch.Tensor, labels: Optional[torch.Tensor], *, step: int, train_g: bool,
                       scaler: torch.amp.GradScaler) -> DiscriminatorStep:
@@ -81,7 +84,8 @@ class Objective:
             with torch.set_grad_enabled(train_g):  # no G graph when only D learns this step
                 fake = self.g_fast(z, labels)
             real_in, fake_in = x.detach().requires_grad_(r1), fake.detach().requires_grad_(r2)
-            d_real, class_loss = self.judge(self.D if r1 else self.d_fast, self.augment(real_in), labels)
+            d_real, class_loss = self.judge(self.D if r1 else self.d_fast, self.augment(real_in), labels,
+                                            weight=c.class_weight)
             d_fake = (self.D if r2 else self.d_fast)(self.augment(fake_in), labels).float()
             loss = self.loss.d_loss(d_real, d_fake, c) + class_loss
         if r1:
@@ -101,5 +105,5 @@ class Objective:
             if self.loss.relativistic:  # the pairing compares with the updated D's real logits
                 with torch.no_grad():
                     real_logits = self.d_fast(self.augment(x), labels).float()
-            d_fake, class_loss = self.judge(self.d_fast, self.augment(fake), labels)
+            d_fake, class_loss = self.judge(self.d_fast, self.augment(fake), labels, weight=self.cfg.class_weight_g)
             return self.loss.g_loss(d_fake, real_logits) + class_loss

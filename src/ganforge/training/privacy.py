@@ -184,7 +184,8 @@ class PrivateDiscriminator:
         try:
             with _quiet_hooks():
                 # Contiguous: Opacus's per-sample convolution gradients misread channels_last (setup.models).
-                real, class_loss = self.objective.judge(self.D, self.objective.augment(x).contiguous(), labels)
+                real, class_loss = self.objective.judge(self.D, self.objective.augment(x).contiguous(), labels,
+                                                        weight=self.cfg.loss.class_weight)
                 # With the real logits detached in the generated slot, only the real term has a gradient;
                 # a class head's cross-entropy on each image's label rides in that image's gradient.
                 (self.objective.loss.d_loss(real, real.detach(), self.cfg.loss) + class_loss).backward()
@@ -202,7 +203,8 @@ class PrivateDiscriminator:
         if clip:
             self.hooks.enable_hooks()
         try:
-            d_fake, class_loss = obj.judge(self.D, obj.augment(fake).contiguous(), labels)  # contiguous: setup.models
+            # contiguous: see setup.models
+            d_fake, class_loss = obj.judge(self.D, obj.augment(fake).contiguous(), labels, weight=1.0)
             # With the generated logits detached in the real slot, only the generated term has a gradient.
             # A class head learns from real images only (objective.py); times 0 its loss still gives the
             # head the per-sample gradients (zeros) Opacus's clipping asks of every parameter.
