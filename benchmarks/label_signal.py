@@ -1,0 +1,81 @@
+"""How much of D's per-image gradient carries the label: a diagnosis of conditional private training.
+
+    python -m benchmarks.label_signal RUN_DIR [--checkpoint DIR] [--images 32] [--test 2000]
+
+Under DP-SGD (Abadi et al. 2016) each real image's gradient of D's loss is clipped as a whole to
+`privacy.max_grad_norm`, so a term whose gradient is small next to the others gets only its share of
+that norm, against noise of the full norm on every coordinate. For a run whose D has an auxiliary
+class head (`model.d_condition=classifier`, AC-GAN, Odena et al. 2017) this prints, from one of its
+checkpoints:
+- the median norm, over `--images` training images taken one at a time, of the gradient of D's
+  adversarial term on real images and of the class head's cross-entropy, and the cross-entropy's
+  share of their sum at the run's `loss.class_weight`;
+- the class head's accuracy on the first `--test` images of the test split (of the training split
+  for a data set without one), chance being 1/K: whether the label pathway has learnt anything at all.
+Nothing is written; it reads the checkpoint and the data set only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+
+def _grad_norm(d: torch.nn.Module, loss: torch.Tensor) -> float:
+    d.zero_grad(set_to_none=True)
+    loss.backward()
+    return float(torch.cat([p.grad.flatten() for p in d.parameters() if p.grad is not None]).norm())
+
+
+def label_signal(run_dir: Path, *, checkpoint: Path | None = None, images: int = 32, test: int = 2000) -> dict:
+    from ganforge.data import DATASETS, load_dataset
+    from ganforge.metrics.membership import discriminator_of
+    from ganforge.outputs.model import load_model
+    from ganforge.training.losses import LOSSES
+
+    model = load_model(run_dir, checkpoint=checkpoint)
+    d, why = discriminator_of(model)
+    if d is None or getattr(d, "classes", None) is None:
+        raise SystemExit(f"{run_dir}: {why or 'its discriminator has no class head (model.d_condition=classifier)'}")
+    cfg, loss = model.cfg, LOSSES.get(model.cfg.loss.name)
+    held_out = "test" if "test" in DATASETS.get(cfg.data.name).splits else "train"
+    data = {split: load_dataset(name=cfg.data.name, root=cfg.data.root, split=split, size=cfg.data.size)
+            for split in {"train", held_out}}
+    adversarial, classes = [], []
+    for i in range(images):  # one image at a time: its own gradient, as DP-SGD clips it
+        x = data["train"].images[i:i + 1].float() / 127.5 - 1
+        y = data["train"].labels[i:i + 1]
+        logit, _ = d(x, y, with_classes=True)
+        adversarial.append(_grad_norm(d, loss.d_loss(logit, logit.detach(), cfg.loss)))
+        classes.append(_grad_norm(d, F.cross_entropy(d(x, y, with_classes=True)[1], y)))
+    x = data[held_out].images[:test].float() / 127.5 - 1
+    y = data[held_out].labels[:test]
+    with torch.no_grad():
+        accuracy = float((d(x, y, with_classes=True)[1].argmax(1) == y).float().mean())
+    adv, ce, w = statistics.median(adversarial), statistics.median(classes), cfg.loss.class_weight
+    return {"checkpoint": str(model.checkpoint), "adversarial_grad_norm": adv, "class_grad_norm": ce,
+            "class_weight": w, "class_share": w * ce / (adv + w * ce), "head_accuracy": accuracy,
+            "accuracy_split": held_out, "chance": 1 / data[held_out].num_classes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--test", type=int, default=2000)
+    a = ap.parse_args()
+    r = label_signal(a.run_dir, checkpoint=a.checkpoint, images=a.images, test=a.test)
+    print(f"{r['checkpoint']}: per-image gradient norm (median of {a.images}): adversarial "
+          f"{r['adversarial_grad_norm']:.1f}, class cross-entropy {r['class_grad_norm']:.2f}; at class_weight "
+          f"{r['class_weight']:g} the label has {100 * r['class_share']:.1f} % of each clipped gradient. Class head "
+          f"accuracy on {a.test} {r['accuracy_split']} images: {100 * r['head_accuracy']:.1f} % "
+          f"(chance {100 * r['chance']:.0f} %)")
+
+
+if __name__ == "__main__":
+    main()
