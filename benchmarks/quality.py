@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", help="run folder name (default: the preset)")
     ap.add_argument("--n", type=int, help="generated images for evaluation (default: the protocol's)")
     ap.add_argument("--metrics", help="metric keys (default: the protocol's)")
+    ap.add_argument("--n-real", type=int, help="real reference images, a fixed random subset of the split (default: "
+                                               "the whole split, as the protocol); the record's note says so")
     ap.add_argument("--record", help="record file (default benchmarks/records/quality/<name>.json)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate an existing run folder")
     ap.add_argument("--skip-eval", action="store_true",
@@ -167,10 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.n and args.n != n:  # the protocol's note names its N; say what this record did instead
         note = f"{args.n:,} generated vs the {split} split, not the protocol's {n:,} ({note})"
     n = args.n or n
+    if args.n_real:
+        note = f"{note}; reference: {args.n_real:,} images of the {split} split (a fixed random subset), not all"
     # `ganforge eval` files its record under the run's eval/ (never replaced) and copies the latest to
     # eval.json, which is read back here.
     eval_json = run_dir / "eval.json"
     eval_cmd = [*exe, "eval", str(run_dir), "--split", split, "--n", str(n), "--metrics", metrics]
+    if args.n_real:
+        eval_cmd += ["--n-real", str(args.n_real)]
     if args.data_dir:
         eval_cmd += ["--data-dir", args.data_dir]
     if args.skip_eval:
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     private = ledger.summary(run_dir)  # None for a run without DP
     record = {
         "preset": cfg.preset, "dataset": cfg.data.name, "conditional": cfg.model.conditional,
-        "protocol": {"reference_split": split, "n_generated": n, "note": note},
+        "protocol": {"reference_split": split, "n_generated": n, "n_real": args.n_real, "note": note},
         "metrics": {k: v.get("value") for k, v in evaluation["metrics"].items()},
         "evaluation": evaluation,
         "kimg": last["kimg"], "steps": last["step"], "epochs": cfg.train.epochs,
