@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         note = f"{args.n:,} generated vs the {split} split, not the protocol's {n:,} ({note})"
     n = args.n or n
     if args.n_real:
-        note = f"{note}; reference: {args.n_real:,} images of the {split} split (a fixed random subset), not all"
+        note = (f"{n:,} generated vs {args.n_real:,} images of the {split} split (a fixed random subset), not the "
+                f"protocol's whole split ({note})")
     # `ganforge eval` files its record under the run's eval/ (never replaced) and copies the latest to
     # eval.json, which is read back here.
     eval_json = run_dir / "eval.json"
