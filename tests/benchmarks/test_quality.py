@@ -51,6 +51,15 @@ def test_record_holds_metrics_protocol_machine_and_commands(tmp_path):
               "--record", str(tmp_path / "refused.json")])
     assert "n 64" in str(exit_.value) and "n 32" in str(exit_.value) and not (tmp_path / "refused.json").exists()
 
+    # A reference of a subset of the split: passed to ganforge eval and said in the record's protocol.
+    subset = tmp_path / "subset.json"
+    main(["--preset", "demo", "--n", "64", "--n-real", "48", "--out", str(tmp_path / "runs"), "--skip-train",
+          "--record", str(subset)])
+    record = json.loads(subset.read_text())
+    assert record["protocol"]["n_real"] == 48 and "vs 48 images of the train split" in record["protocol"]["note"]
+    assert "--n-real 48" in record["commands"][1]
+    assert record["evaluation"]["metrics"]["cls-fid"]["n_real"] == 48  # the metric that compares with real images
+
 
 def test_ablation_rows_resolve_and_each_technique_row_adds_one_change():
     from benchmarks.quality_ablation import ROWS
