@@ -69,7 +69,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--test", type=int, default=2000)
     a = ap.parse_args()
-    r = label_signal(a.run_dir, checkpoint=a.checkpoint, images=a.images, test=a.test)
+    from ganforge.errors import GanforgeError
+
+    try:
+        r = label_signal(a.run_dir, checkpoint=a.checkpoint, images=a.images, test=a.test)
+    except GanforgeError as exc:  # a wrong folder or checkpoint: one line, as the ganforge commands say it
+        raise SystemExit(f"benchmarks.label_signal: {exc}") from None
     print(f"{r['checkpoint']}: per-image gradient norm (median of {a.images}): adversarial "
           f"{r['adversarial_grad_norm']:.1f}, class cross-entropy {r['class_grad_norm']:.2f}; at class_weight "
           f"{r['class_weight']:g} the label has {100 * r['class_share']:.1f} % of each clipped gradient. Class head "
