@@ -9,7 +9,8 @@ class head (`model.d_condition=classifier`, AC-GAN, Odena et al. 2017) this prin
 checkpoints:
 - the median norm, over `--images` training images taken one at a time, of the gradient of D's
   adversarial term on real images and of the class head's cross-entropy, and the cross-entropy's
-  share of their sum at the run's `loss.class_weight`;
+  share of their sum at the run's `loss.class_weight` (the share one norm for all of D gives it;
+  `privacy.label_clip` clips the head apart, to a norm of its own);
 - the class head's accuracy on the first `--test` images of the test split (of the training split
   for a data set without one), chance being 1/K: whether the label pathway has learnt anything at all.
 Nothing is written; it reads the checkpoint and the data set only.
@@ -59,7 +60,7 @@ def label_signal(run_dir: Path, *, checkpoint: Path | None = None, images: int =
     adv, ce, w = statistics.median(adversarial), statistics.median(classes), cfg.loss.class_weight
     return {"checkpoint": str(model.checkpoint), "adversarial_grad_norm": adv, "class_grad_norm": ce,
             "class_weight": w, "class_share": w * ce / (adv + w * ce), "head_accuracy": accuracy,
-            "accuracy_split": held_out, "chance": 1 / data[held_out].num_classes}
+            "accuracy_split": held_out, "chance": 1 / data[held_out].num_classes, "label_clip": cfg.privacy.label_clip}
 
 
 def main() -> None:
@@ -79,7 +80,8 @@ def main() -> None:
           f"{r['adversarial_grad_norm']:.1f}, class cross-entropy {r['class_grad_norm']:.2f}; at class_weight "
           f"{r['class_weight']:g} the label has {100 * r['class_share']:.1f} % of each clipped gradient. Class head "
           f"accuracy on {a.test} {r['accuracy_split']} images: {100 * r['head_accuracy']:.1f} % "
-          f"(chance {100 * r['chance']:.0f} %)")
+          f"(chance {100 * r['chance']:.0f} %)" + (f"; privacy.label_clip={r['label_clip']:g} clips the head apart, "
+                                                   f"to {r['label_clip'] ** 0.5:.2f} C" if r["label_clip"] else ""))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,33 @@ TINY = ["--batch-size", "32", "--set", "data.limit=256", "--set", "model.g_chann
 # Added to TINY where two runs must end with bit-identical weights.
 EXACT = ["--set", "deterministic=true", "--set", "threads=1"]
 
+# TINY is 256 digits at batch 32: q = 1/8, 8 D steps an epoch; delta must then be below 1/256.
+PRIVATE = [*TINY, "--set", "privacy.enabled=true", "--set", "model.d_norm=none", "--set", "privacy.delta=1e-3",
+           "--set", "model.conditional=false", "--set", "privacy.sampling_seed=7", "--set", "threads=1"]
+
+
+def private_trainer(tmp_path, d_condition: str = "projection", **privacy):
+    """A conditional private run of 256 digits at batch 32, built in this process (a training.loop.Trainer)."""
+    import dataclasses
+
+    from ganforge.config import preset_config
+    from ganforge.runtime import Dist
+    from ganforge.training.loop import Trainer
+
+    cfg = preset_config("demo")
+    cfg.model.d_condition = d_condition
+    cfg.data.limit, cfg.train.batch_size, cfg.model.g_channels, cfg.model.d_channels = 256, 32, 8, 8
+    cfg.model.d_norm, cfg.train.threads, cfg.model.ema_kimg = "none", 1, 0.0
+    cfg.privacy = dataclasses.replace(cfg.privacy, enabled=True, delta=1e-3, sampling_seed=3, **privacy)
+    return Trainer(cfg, run_dir=tmp_path / "run", dist=Dist())
+
+
+def d_grad(t):
+    """D's gradient, every parameter's flattened into one vector."""
+    import torch
+
+    return torch.cat([p.grad.flatten() for p in t.D.parameters()])
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

@@ -119,6 +119,7 @@ class PrivacyConfig:
     delta: float = 1e-5             # must be below 1 / the number of training images
     max_grad_norm: float = 1.0      # C: each image's gradient is clipped to this L2 norm
     clip_generated: bool = True     # clip each generated image's gradient to C as well (no noise: public data)
+    label_clip: float = 0.0         # share of C^2 for D's label parameters, clipped apart from the rest (0: one norm)
     accountant: str = "rdp"         # Opacus's accountant: rdp | prv
     noise_multiplier: float = 0.0   # sigma; 0: Opacus computes it from epsilon for the planned D steps (written here)
     sampling_seed: int = 0          # 0: a secret seed for the batches and the noise, kept in checkpoints only
@@ -323,6 +324,8 @@ def _privacy_checks(p: PrivacyConfig) -> list[tuple[bool, str]]:
         (p.epsilon > 0 and 0.0 < p.delta < 1.0, "privacy.epsilon must be positive and privacy.delta in (0, 1)"),
         (p.max_grad_norm > 0 and p.noise_multiplier >= 0,
          "privacy.max_grad_norm must be positive and privacy.noise_multiplier ≥ 0 (0: computed)"),
+        (0.0 <= p.label_clip < 1.0, "privacy.label_clip must be in [0, 1): the share of C^2 given to D's label "
+                                     "parameters (0 clips all of D's gradient to one norm)"),
         (p.accountant in ("rdp", "prv"), f"privacy.accountant={p.accountant!r}: choose rdp or prv (Opacus's)"),
         (0.0 < p.d_steps_threshold < 1.0 and 0.0 <= p.d_steps_beta < 1.0 and p.d_steps_grace >= 1,
          "privacy.d_steps_threshold must be in (0, 1), privacy.d_steps_beta in [0, 1) and privacy.d_steps_grace ≥ 1"),

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from conftest import EXACT, TINY, run_cli
+from conftest import EXACT, PRIVATE, d_grad, run_cli
+from conftest import private_trainer as trainer
 from ganforge.config import preset_config
-from ganforge.runtime import Dist
 from ganforge.training.checkpoint import list_checkpoints, load_checkpoint
 from ganforge.training.dsteps import DSteps
 from ganforge.training.loop import Trainer
@@ -20,27 +20,8 @@ from ganforge.training.loop import Trainer
 pytestmark = pytest.mark.filterwarnings("ignore:privacy.sampling_seed", "ignore:Full backward hook is firing",
                                         "ignore:Optimal order is the largest alpha")
 
-# TINY is 256 digits at batch 32: q = 1/8, 8 D steps an epoch; delta must then be below 1/256.
-PRIVATE = [*TINY, "--set", "privacy.enabled=true", "--set", "model.d_norm=none", "--set", "privacy.delta=1e-3",
-           "--set", "model.conditional=false", "--set", "privacy.sampling_seed=7", "--set", "threads=1"]
-
-
 def records(run):
     return [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.strip()]
-
-
-def trainer(tmp_path, d_condition: str = "projection", **privacy) -> Trainer:
-    """A conditional private run of 256 digits at batch 32, built in this process."""
-    cfg = preset_config("demo")
-    cfg.model.d_condition = d_condition
-    cfg.data.limit, cfg.train.batch_size, cfg.model.g_channels, cfg.model.d_channels = 256, 32, 8, 8
-    cfg.model.d_norm, cfg.train.threads, cfg.model.ema_kimg = "none", 1, 0.0
-    cfg.privacy = dataclasses.replace(cfg.privacy, enabled=True, delta=1e-3, sampling_seed=3, **privacy)
-    return Trainer(cfg, run_dir=tmp_path / "run", dist=Dist())
-
-
-def d_grad(t: Trainer) -> torch.Tensor:
-    return torch.cat([p.grad.flatten() for p in t.D.parameters()])
 
 
 def test_reported_epsilon_is_opacus_accountant_for_the_same_q_sigma_and_steps(tmp_path):

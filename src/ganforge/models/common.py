@@ -65,6 +65,8 @@ class LatentWithLabel(nn.Module):
 class Projection(nn.Module):
     """Projection-discriminator term <embed(y), features> added to the unconditional logit."""
 
+    label_pathway = True  # its weights serve the label alone: privacy.label_clip clips them apart
+
     def __init__(self, num_classes: int, features: int):
         super().__init__()
         self.embed = nn.Embedding(num_classes, features) if num_classes else None
@@ -89,6 +91,8 @@ class LabelMaps(nn.Module):
     DP-SGD adds to every coordinate.
     """
 
+    label_pathway = True  # its weights serve the label alone: privacy.label_clip clips them apart
+
     def __init__(self, num_classes: int, maps: int):
         super().__init__()
         self.embed = nn.Embedding(num_classes, maps)
@@ -110,6 +114,8 @@ class ClassHead(nn.Module):
     private presets' D) where one kernel over the whole 7x7 map would take 49 times as many, and
     under DP-SGD every coordinate gets the same noise whatever its share of the signal.
     """
+
+    label_pathway = True  # its weights serve the label alone: privacy.label_clip clips them apart
 
     def __init__(self, features: int, num_classes: int):
         super().__init__()

@@ -103,6 +103,11 @@ def check_discriminator(cfg: Config, *, channels: int, size: int, num_classes: i
         raise ConfigError(f"privacy.enabled=true: the discriminator has batch norm (model.d_norm={cfg.model.d_norm}, "
                           f"arch {cfg.model.arch_d or cfg.model.arch}), which mixes the images of a batch; Opacus "
                           f"gives no per-sample gradients through it: set model.d_norm=none or layer")
+    if cfg.privacy.label_clip and not label_parameters(d):
+        m = cfg.model
+        raise ConfigError(f"privacy.label_clip={cfg.privacy.label_clip:g}: this discriminator has no parameters of "
+                          f"its own for the label (an unconditional model, or model.d_condition={m.d_condition} "
+                          f"on arch {m.arch_d or m.arch}); set privacy.label_clip=0")
     if errors:
         raise ConfigError(f"privacy.enabled=true: Opacus cannot give per-sample gradients for this discriminator "
                           f"(arch {cfg.model.arch_d or cfg.model.arch}): {str(errors[0]).splitlines()[0]}")
@@ -118,6 +123,21 @@ def check_data(cfg: Config, n: int) -> None:
     if p.enabled and p.delta >= 1.0 / n:
         raise ConfigError(f"privacy.delta={p.delta:g} must be below 1/N = {1.0 / n:.3g} for the {n:,} training images "
                           f"(a delta of 1/N allows publishing one of them outright); use e.g. {0.1 / n:.1g}")
+
+
+# ----------------------------------------------------------------------------- clipping the label apart
+
+
+def label_parameters(D: nn.Module) -> list[nn.Parameter]:
+    """D's parameters that serve the label alone: a class head, a projection's class embedding, label maps
+    (the modules marked `label_pathway` in models/common.py)."""
+    return [q for m in D.modules() if getattr(m, "label_pathway", False) for q in m.parameters()]
+
+
+def split_norm(c: float, label_share: float) -> list[float]:
+    """The clipping norms of the two groups, [the rest of D, the label parameters], whose squares add up to
+    C^2: the per-image gradient's whole norm stays at most C, the sensitivity the noise is drawn for."""
+    return [c * (1.0 - label_share) ** 0.5, c * label_share**0.5]
 
 
 # ----------------------------------------------------------------------------- the D step
@@ -152,9 +172,17 @@ class PrivateDiscriminator:
         self.hooks = GradSampleModule(D, batch_first=True, loss_reduction="mean", strict=True)
         self.hooks.disable_hooks()
         self.noise = torch.Generator(device=device)
-        self.dp = DPOptimizer(opt_d, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                              expected_batch_size=plan.expected_batch_size, loss_reduction="mean",
-                              generator=self.noise)
+        kwargs = dict(noise_multiplier=plan.noise_multiplier, expected_batch_size=plan.expected_batch_size,
+                      loss_reduction="mean", generator=self.noise)
+        if p.label_clip:
+            from ganforge.training.dp_clipping import GroupClippedDPOptimizer
+
+            labelled = {id(q) for q in label_parameters(D)}
+            groups = [int(id(q) in labelled) for g in opt_d.param_groups for q in g["params"]]
+            self.dp = GroupClippedDPOptimizer(opt_d, groups=groups,
+                                              max_grad_norms=split_norm(plan.max_grad_norm, p.label_clip), **kwargs)
+        else:
+            self.dp = DPOptimizer(opt_d, max_grad_norm=plan.max_grad_norm, **kwargs)
 
     def step(self, x: torch.Tensor, labels: Optional[torch.Tensor], *,
              train_g: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], dict[str, torch.Tensor]]:
