@@ -77,15 +77,20 @@ def _textbook(data, *, seconds: float, snapshots: int, batch_size: int, workers:
 
 def _ganforge(args, run_dir: Path) -> list[tuple[float, Path]]:
     """Train the preset with a checkpoint every 1/snapshots of its steps; (training seconds, checkpoint)."""
-    from ganforge.config import preset_config
+    from ganforge.config import apply_override, preset_config
     from ganforge.data import load_dataset
 
     cfg = preset_config(args.preset)
+    for assignment in args.set:  # the run's own epochs and data, so the snapshots span its steps
+        apply_override(cfg, assignment)
     n_images = len(load_dataset(name=cfg.data.name, root=args.data_dir, limit=cfg.data.limit).images)
     total = cfg.train.epochs * (n_images // cfg.train.batch_size)
     cmd = [sys.executable, "-m", "ganforge", "train", "--preset", args.preset, "--out", str(run_dir.parent),
            "--name", run_dir.name, "--set", f"train.checkpoint_steps={max(total // args.snapshots, 1)}",
-           "--set", f"train.keep_checkpoints={args.snapshots + 2}", *sum((["--set", s] for s in args.set), [])]
+           # every snapshot kept: the run also checkpoints at each epoch's end, and a rotation that
+           # dropped the earliest snapshots would hide how soon the textbook's score was reached
+           "--set", f"train.keep_checkpoints={args.snapshots + cfg.train.epochs + 2}",
+           *sum((["--set", s] for s in args.set), [])]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     print("$", shlex.join(cmd), flush=True)
