@@ -76,6 +76,7 @@ class OptimConfig:
     name: str = "adam"              # adam | sgd
     lr_g: float = 2e-4
     lr_d: float = 2e-4
+    lr_d_label: float = 1.0         # D's label parameters (class head or embedding, label maps) learn at this x lr_d
     beta1: float = 0.5
     beta2: float = 0.999
     momentum: float = 0.0           # sgd only
@@ -340,6 +341,7 @@ LIMITS = (
     ("optim.momentum", 0.0, 0.999999, "SGD momentum lies in [0, 1)"),
     ("optim.lr_g", 0.0, 10.0, "a learning rate above 10 only diverges"),
     ("optim.lr_d", 0.0, 10.0, "a learning rate above 10 only diverges"),
+    ("optim.lr_d_label", 0.0, 1000.0, "a multiple of optim.lr_d; 1 learns at lr_d"),
     ("loss.class_weight", 0.0, 1000.0, "1 weighs the class head's cross-entropy like the adversarial loss"),
     ("loss.class_weight_g", 0.0, 1000.0, "1 weighs the class head's cross-entropy like the adversarial loss"),
     ("train.seed", 0, 2**32 - 1, "seeds are 32-bit"),

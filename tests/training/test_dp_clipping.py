@@ -8,7 +8,8 @@ import torch
 
 from conftest import PRIVATE, d_grad, run_cli
 from conftest import private_trainer as trainer
-from ganforge.training.privacy import label_parameters, split_norm
+from ganforge.models.common import label_parameters
+from ganforge.training.privacy import split_norm
 
 pytestmark = pytest.mark.filterwarnings("ignore:privacy.sampling_seed", "ignore:Full backward hook is firing",
                                         "ignore:Optimal order is the largest alpha")
@@ -70,7 +71,8 @@ def test_the_noise_is_that_of_one_norm_c(tmp_path):
 
 def test_a_private_run_with_the_label_clipped_apart_trains_and_records_it(tmp_path):
     argv = ["train", "--out", str(tmp_path), "--name", "r", "--epochs", "1", *PRIVATE, "--set",
-            "model.conditional=true", "--set", "model.d_condition=classifier", "--set", "privacy.label_clip=0.25"]
+            "model.conditional=true", "--set", "model.d_condition=classifier", "--set", "privacy.label_clip=0.25",
+            "--set", "optim.lr_d_label=10"]
     assert run_cli(argv) == 0
     assert "label_clip: 0.25" in (tmp_path / "r" / "config.yaml").read_text()
 
@@ -83,3 +85,18 @@ def test_label_clip_refusals_are_one_line(flags, message, tmp_path, capsys):
     assert run_cli(["train", "--out", str(tmp_path), *PRIVATE, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_the_label_parameters_learn_at_their_own_multiple_of_lr_d(tmp_path):
+    from ganforge.training.optim import set_learning_rate
+    from ganforge.training.setup import optimizers
+
+    t = trainer(tmp_path, d_condition="classifier", label_clip=0.25)
+    t.cfg.optim.lr_d_label = 10.0
+    _, opt_d = optimizers(t.cfg, t.G, t.D, torch.device("cpu"))
+    rest, label = opt_d.param_groups
+    assert [id(q) for q in label["params"]] == [id(q) for q in label_parameters(t.D)]
+    assert label["lr"] == pytest.approx(10 * rest["lr"]) and rest["lr"] == t.cfg.optim.lr_d
+    set_learning_rate(opt_d, 1e-5)  # the schedule's rate for D: the label's group keeps its multiple
+    assert (rest["lr"], label["lr"]) == pytest.approx((1e-5, 1e-4))
+    t.log.close()

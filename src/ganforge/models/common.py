@@ -62,6 +62,12 @@ class LatentWithLabel(nn.Module):
         return torch.cat([z, self.embed(labels)], dim=1)  # [B, z + embed_dim]
 
 
+def label_parameters(D: nn.Module) -> list[nn.Parameter]:
+    """D's parameters that serve the label alone: a class head, a projection's class embedding, label maps
+    (the modules marked `label_pathway` below). `optim.lr_d_label` and `privacy.label_clip` treat them apart."""
+    return [q for m in D.modules() if getattr(m, "label_pathway", False) for q in m.parameters()]
+
+
 class Projection(nn.Module):
     """Projection-discriminator term <embed(y), features> added to the unconditional logit."""
 

@@ -40,5 +40,6 @@ def learning_rates(cfg: OptimConfig, *, step: int, total_steps: int, lr_scale: f
 
 
 def set_learning_rate(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group at `lr`, times the group's own `lr_mult` where it has one (optim.lr_d_label)."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

@@ -45,6 +45,7 @@ from torch import nn
 
 from ganforge.config import Config
 from ganforge.errors import ConfigError
+from ganforge.models.common import label_parameters
 from ganforge.training import ledger
 from ganforge.training.dsteps import DSteps
 from ganforge.training.losses import LOSSES
@@ -126,12 +127,6 @@ def check_data(cfg: Config, n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- clipping the label apart
-
-
-def label_parameters(D: nn.Module) -> list[nn.Parameter]:
-    """D's parameters that serve the label alone: a class head, a projection's class embedding, label maps
-    (the modules marked `label_pathway` in models/common.py)."""
-    return [q for m in D.modules() if getattr(m, "label_pathway", False) for q in m.parameters()]
 
 
 def split_norm(c: float, label_share: float) -> list[float]:

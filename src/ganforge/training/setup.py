@@ -27,6 +27,7 @@ from ganforge.data import DATASETS, ImageData, load_dataset
 from ganforge.data.batches import DeviceBatches, PoissonBatches, choose_placement, describe
 from ganforge.errors import ConfigError
 from ganforge.models import build_models
+from ganforge.models.common import label_parameters
 from ganforge.runtime import Dist
 from ganforge.training import capacity, privacy
 from ganforge.training.ada import AdaptiveAugment
@@ -140,9 +141,15 @@ def models(cfg: Config, data: ImageData, *, device: torch.device,
 
 def optimizers(cfg: Config, G: nn.Module, D: nn.Module,
                device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    build = OPTIMIZERS.get(cfg.optim.name)
-    return build(G.parameters(), cfg.optim.lr_g, cfg.optim, device), build(D.parameters(), cfg.optim.lr_d,
-                                                                           cfg.optim, device)
+    build, o = OPTIMIZERS.get(cfg.optim.name), cfg.optim
+    d_params: Any = D.parameters()
+    labelled = {id(q) for q in label_parameters(D)}
+    if o.lr_d_label != 1.0 and labelled:
+        # A group of its own, its rate a multiple of D's (optim.set_learning_rate keeps the multiple):
+        # under DP-SGD the label's parameters can have a clean signal and still move too slowly at lr_d.
+        d_params = [{"params": [q for q in D.parameters() if id(q) not in labelled]},
+                    {"params": label_parameters(D), "lr": o.lr_d * o.lr_d_label, "lr_mult": o.lr_d_label}]
+    return build(G.parameters(), o.lr_g, o, device), build(d_params, o.lr_d, o, device)
 
 
 def fast_modules(cfg: Config, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
