@@ -12,7 +12,11 @@ checkpoints:
   share of their sum at the run's `loss.class_weight` (the share one norm for all of D gives it;
   `privacy.label_clip` clips the head apart, to a norm of its own);
 - the class head's accuracy on the first `--test` images of the test split (of the training split
-  for a data set without one), chance being 1/K: whether the label pathway has learnt anything at all.
+  for a data set without one), chance being 1/K: whether the label pathway has learnt anything at all;
+- beside it, a linear probe's accuracy on the same features (D's last maps averaged over positions,
+  what the head reads), fitted without noise on `--probe` training images: the most this head could
+  reach on D's features as they are, so a head far below it is held back by its own training (its
+  share of the clipped gradient, its learning rate), not by what D's features know.
 Nothing is written; it reads the checkpoint and the data set only.
 """
 
@@ -26,13 +30,46 @@ import torch
 from torch.nn import functional as F
 
 
+def _pooled_features(d: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What the class head reads for these uint8 images: D's last maps averaged over positions, [B, ch]."""
+    seen = []
+    hook = d.classes.register_forward_pre_hook(lambda _m, args: seen.append(args[0].mean(dim=(2, 3))))
+    try:
+        with torch.no_grad():  # the class head's D takes no label for its logit: any label will do
+            d(images.float() / 127.5 - 1, torch.zeros(len(images), dtype=torch.long), with_classes=True)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
 def _grad_norm(d: torch.nn.Module, loss: torch.Tensor) -> float:
     d.zero_grad(set_to_none=True)
     loss.backward()
     return float(torch.cat([p.grad.flatten() for p in d.parameters() if p.grad is not None]).norm())
 
 
-def label_signal(run_dir: Path, *, checkpoint: Path | None = None, images: int = 32, test: int = 2000) -> dict:
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Test accuracy of a multinomial logistic regression (standardised features, L-BFGS, a small L2 penalty)."""
+    mean, std = train_f.mean(0), train_f.std(0) + 1e-6
+    a, b = (train_f - mean) / std, (test_f - mean) / std
+    k = int(train_y.max()) + 1
+    w = torch.zeros(a.shape[1], k, requires_grad=True)
+    bias = torch.zeros(k, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(a @ w + bias, train_y) + 1e-4 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((b @ w + bias).argmax(1) == test_y).float().mean())
+
+
+def label_signal(run_dir: Path, *, checkpoint: Path | None = None, images: int = 32, test: int = 2000,
+                 probe: int = 5000) -> dict:
     from ganforge.data import DATASETS, load_dataset
     from ganforge.metrics.membership import discriminator_of
     from ganforge.outputs.model import load_model
@@ -57,10 +94,14 @@ def label_signal(run_dir: Path, *, checkpoint: Path | None = None, images: int =
     y = data[held_out].labels[:test]
     with torch.no_grad():
         accuracy = float((d(x, y, with_classes=True)[1].argmax(1) == y).float().mean())
+    train = data["train"]
+    probed = (linear_probe(_pooled_features(d, train.images[:probe]), train.labels[:probe],
+                           _pooled_features(d, data[held_out].images[:test]), y) if probe else None)
     adv, ce, w = statistics.median(adversarial), statistics.median(classes), cfg.loss.class_weight
     return {"checkpoint": str(model.checkpoint), "adversarial_grad_norm": adv, "class_grad_norm": ce,
             "class_weight": w, "class_share": w * ce / (adv + w * ce), "head_accuracy": accuracy,
-            "accuracy_split": held_out, "chance": 1 / data[held_out].num_classes, "label_clip": cfg.privacy.label_clip}
+            "probe_accuracy": probed, "probe_images": probe, "accuracy_split": held_out,
+            "chance": 1 / data[held_out].num_classes, "label_clip": cfg.privacy.label_clip}
 
 
 def main() -> None:
@@ -69,19 +110,23 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--probe", type=int, default=5000, help="training images for the linear probe (0: none)")
     a = ap.parse_args()
     from ganforge.errors import GanforgeError
 
     try:
-        r = label_signal(a.run_dir, checkpoint=a.checkpoint, images=a.images, test=a.test)
+        r = label_signal(a.run_dir, checkpoint=a.checkpoint, images=a.images, test=a.test, probe=a.probe)
     except GanforgeError as exc:  # a wrong folder or checkpoint: one line, as the ganforge commands say it
         raise SystemExit(f"benchmarks.label_signal: {exc}") from None
+    probed = "" if r["probe_accuracy"] is None else (
+        f"; a linear probe on the features it reads, fitted on {a.probe} training images: "
+        f"{100 * r['probe_accuracy']:.1f} %")
+    apart = f"; privacy.label_clip={r['label_clip']:g} clips the head apart, to {r['label_clip'] ** 0.5:.2f} C"
     print(f"{r['checkpoint']}: per-image gradient norm (median of {a.images}): adversarial "
           f"{r['adversarial_grad_norm']:.1f}, class cross-entropy {r['class_grad_norm']:.2f}; at class_weight "
           f"{r['class_weight']:g} the label has {100 * r['class_share']:.1f} % of each clipped gradient. Class head "
           f"accuracy on {a.test} {r['accuracy_split']} images: {100 * r['head_accuracy']:.1f} % "
-          f"(chance {100 * r['chance']:.0f} %)" + (f"; privacy.label_clip={r['label_clip']:g} clips the head apart, "
-                                                   f"to {r['label_clip'] ** 0.5:.2f} C" if r["label_clip"] else ""))
+          f"(chance {100 * r['chance']:.0f} %){probed}{apart if r['label_clip'] else ''}")
 
 
 if __name__ == "__main__":
