@@ -38,7 +38,7 @@ import secrets
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -167,8 +167,8 @@ class PrivateDiscriminator:
         self.hooks = GradSampleModule(D, batch_first=True, loss_reduction="mean", strict=True)
         self.hooks.disable_hooks()
         self.noise = torch.Generator(device=device)
-        kwargs = dict(noise_multiplier=plan.noise_multiplier, expected_batch_size=plan.expected_batch_size,
-                      loss_reduction="mean", generator=self.noise)
+        kwargs: dict[str, Any] = dict(noise_multiplier=plan.noise_multiplier, loss_reduction="mean",
+                                      expected_batch_size=plan.expected_batch_size, generator=self.noise)
         if p.label_clip:
             from ganforge.training.dp_clipping import GroupClippedDPOptimizer
 
