@@ -143,12 +143,13 @@ def optimizers(cfg: Config, G: nn.Module, D: nn.Module,
                device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     build, o = OPTIMIZERS.get(cfg.optim.name), cfg.optim
     d_params: Any = D.parameters()
-    labelled = {id(q) for q in label_parameters(D)}
-    if o.lr_d_label != 1.0 and labelled:
+    label = label_parameters(D)
+    labelled = {id(q) for q in label}
+    if o.lr_d_label != 1.0 and label:
         # A group of its own, its rate a multiple of D's (optim.set_learning_rate keeps the multiple):
         # under DP-SGD the label's parameters can have a clean signal and still move too slowly at lr_d.
         d_params = [{"params": [q for q in D.parameters() if id(q) not in labelled]},
-                    {"params": label_parameters(D), "lr": o.lr_d * o.lr_d_label, "lr_mult": o.lr_d_label}]
+                    {"params": label, "lr": o.lr_d * o.lr_d_label, "lr_mult": o.lr_d_label}]
     return build(G.parameters(), o.lr_g, o, device), build(d_params, o.lr_d, o, device)
 
 
