@@ -16,7 +16,14 @@ checkpoints:
 - beside it, a linear probe's accuracy on the same features (D's last maps averaged over positions,
   what the head reads), fitted without noise on `--probe` training images: the most this head could
   reach on D's features as they are, so a head far below it is held back by its own training (its
-  share of the clipped gradient, its learning rate), not by what D's features know.
+  share of the clipped gradient, its learning rate), not by what D's features know;
+- G's side, on `--images` generated images (the run's G, uniform labels): the median norm of the
+  gradient, with respect to each generated image, of G's adversarial term and of its cross-entropy on
+  the asked-for label at `loss.class_weight_g` (a class term far above the adversarial one pulls
+  every latent of a class to the one image the head likes best, AC-GAN's known loss of variety), the
+  head's accuracy on them, and their variety within a class: the mean pixel distance between two
+  generated images of the same class over that between two training images of the same class
+  (1 for as varied as the data, near 0 for one image per class).
 Nothing is written; it reads the checkpoint and the data set only.
 """
 
@@ -46,6 +53,36 @@ def _grad_norm(d: torch.nn.Module, loss: torch.Tensor) -> float:
     d.zero_grad(set_to_none=True)
     loss.backward()
     return float(torch.cat([p.grad.flatten() for p in d.parameters() if p.grad is not None]).norm())
+
+
+def _generator_side(model, d: torch.nn.Module, loss, n: int) -> dict:
+    """G's two gradients at its own images, the head's verdict on them, and their variety within a class."""
+    from ganforge.outputs.model import generate, labels_for, latents
+
+    labels = labels_for(model, 0, n, None)
+    fake = generate(model, latents(0, 0, n, model.z_dim), labels).requires_grad_(True)
+    adversarial, classes = [], []
+    for i in range(n):
+        x, y = fake[i:i + 1], labels[i:i + 1]
+        logit, head = d(x, y, with_classes=True)
+        adversarial.append(float(torch.autograd.grad(loss.g_loss(logit, None), x, retain_graph=True)[0].norm()))
+        ce = model.cfg.loss.class_weight_g * F.cross_entropy(head, y)
+        classes.append(float(torch.autograd.grad(ce, x)[0].norm()))
+    with torch.no_grad():
+        accuracy = float((d(fake, labels, with_classes=True)[1].argmax(1) == labels).float().mean())
+    return {"g_adversarial_grad_norm": statistics.median(adversarial), "g_class_grad_norm": statistics.median(classes),
+            "generated_head_accuracy": accuracy, "generated": fake.detach(), "generated_labels": labels}
+
+
+def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean L2 distance between two different images of the same class, pixels in [-1, 1]."""
+    flat, total, pairs = images.float().flatten(1), 0.0, 0
+    for k in labels.unique():
+        group = flat[labels == k]
+        if len(group) > 1:  # the diagonal's zeros are left out of the mean
+            total += float(torch.cdist(group, group).sum())
+            pairs += len(group) * (len(group) - 1)
+    return total / max(pairs, 1)
 
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -98,8 +135,13 @@ def label_signal(run_dir: Path, *, checkpoint: Path | None = None, images: int =
     probed = (linear_probe(_pooled_features(d, train.images[:probe]), train.labels[:probe],
                            _pooled_features(d, data[held_out].images[:test]), y) if probe else None)
     adv, ce, w = statistics.median(adversarial), statistics.median(classes), cfg.loss.class_weight
+    g_side = _generator_side(model, d, loss, images * 8)
+    real = train.images[:images * 8].float() / 127.5 - 1
+    variety = (within_class_distance(g_side.pop("generated"), g_side.pop("generated_labels"))
+               / within_class_distance(real, train.labels[:images * 8]))
     return {"checkpoint": str(model.checkpoint), "adversarial_grad_norm": adv, "class_grad_norm": ce,
             "class_weight": w, "class_share": w * ce / (adv + w * ce), "head_accuracy": accuracy,
+            **g_side, "class_weight_g": cfg.loss.class_weight_g, "generated_variety": variety,
             "probe_accuracy": probed, "probe_images": probe, "accuracy_split": held_out,
             "chance": 1 / data[held_out].num_classes, "label_clip": cfg.privacy.label_clip}
 
@@ -126,7 +168,11 @@ def main() -> None:
           f"{r['adversarial_grad_norm']:.1f}, class cross-entropy {r['class_grad_norm']:.2f}; at class_weight "
           f"{r['class_weight']:g} the label has {100 * r['class_share']:.1f} % of each clipped gradient. Class head "
           f"accuracy on {a.test} {r['accuracy_split']} images: {100 * r['head_accuracy']:.1f} % "
-          f"(chance {100 * r['chance']:.0f} %){probed}{apart if r['label_clip'] else ''}")
+          f"(chance {100 * r['chance']:.0f} %){probed}{apart if r['label_clip'] else ''}. G's side, per "
+          f"generated image: adversarial gradient {r['g_adversarial_grad_norm']:.3g}, class cross-entropy "
+          f"{r['g_class_grad_norm']:.3g} at class_weight_g {r['class_weight_g']:g}; the head reads "
+          f"{100 * r['generated_head_accuracy']:.1f} % of them as asked; variety within a class "
+          f"{r['generated_variety']:.2f} of the training images'")
 
 
 if __name__ == "__main__":

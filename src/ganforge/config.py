@@ -69,6 +69,7 @@ class LossConfig:
     reg_every: int = 1              # apply R1/R2 every N D steps, scaled by N (lazy regularisation, Karras 2020)
     class_weight: float = 1.0       # weight of the class head's cross-entropy in D's loss (d_condition=classifier)
     class_weight_g: float = 1.0     # and in G's loss, on the asked-for labels
+    mode_seeking: float = 0.0       # weight of MSGAN's mode-seeking term in G's loss (Mao et al. 2019); 0: off
 
 
 @dataclass
@@ -344,6 +345,7 @@ LIMITS = (
     ("optim.lr_d_label", 0.0, 1000.0, "a multiple of optim.lr_d; 1 learns at lr_d"),
     ("loss.class_weight", 0.0, 1000.0, "1 weighs the class head's cross-entropy like the adversarial loss"),
     ("loss.class_weight_g", 0.0, 1000.0, "1 weighs the class head's cross-entropy like the adversarial loss"),
+    ("loss.mode_seeking", 0.0, 1000.0, "Mao et al. 2019 weigh their mode-seeking term 1; 0 turns it off"),
     ("train.seed", 0, 2**32 - 1, "seeds are 32-bit"),
     ("train.threads", 0, 1024, "0 uses every core"),
     # Sizes: far above any published GAN at these resolutions, far below what fails to allocate.

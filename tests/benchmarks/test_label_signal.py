@@ -21,6 +21,18 @@ def test_the_label_share_follows_the_class_weight(tmp_path):
     share = one["class_grad_norm"] / (one["adversarial_grad_norm"] + one["class_grad_norm"])
     assert one["class_share"] == pytest.approx(share)
     assert fifty["class_share"] > one["class_share"]
+    # G's side: the class term's gradient scales with class_weight_g, the adversarial one does not see it
+    assert one["g_adversarial_grad_norm"] > 0 and one["g_class_grad_norm"] > 0
+    assert 0 <= one["generated_head_accuracy"] <= 1 and one["generated_variety"] > 0
+
+
+def test_g_class_gradient_scales_with_class_weight_g(tmp_path):
+    base = ["train", "--out", str(tmp_path), *TINY, "--set", "model.d_condition=classifier", "--max-steps", "1"]
+    assert run_cli([*base, "--name", "g1"]) == 0
+    assert run_cli([*base, "--name", "g3", "--set", "loss.class_weight_g=3"]) == 0
+    one, three = (label_signal(tmp_path / name, images=4, test=64, probe=0) for name in ("g1", "g3"))
+    # one step of G at a different weight changes G slightly; the gradient's scale follows the weight
+    assert three["g_class_grad_norm"] / one["g_class_grad_norm"] == pytest.approx(3, rel=0.3)
 
 
 def test_a_run_without_a_class_head_is_one_line(tmp_path):
@@ -39,3 +51,15 @@ def test_the_linear_probe_reads_separable_features_and_not_random_labels():
     assert linear_probe(f[:1500], y[:1500], f[1500:], y[1500:]) > 0.95
     noise = torch.randn(2000, 16, generator=g)  # features that know nothing of the labels
     assert linear_probe(noise[:1500], y[:1500], noise[1500:], y[1500:]) < 0.2
+
+
+def test_within_class_distance_is_zero_for_copies_and_grows_with_spread():
+    from benchmarks.label_signal import within_class_distance
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(8)  # 8 images of each of 4 classes
+    copies = torch.randn(4, 1, 6, 6, generator=g)[labels]  # one image per class
+    assert within_class_distance(copies, labels) == pytest.approx(0, abs=1e-4)
+    spread = copies + torch.randn(32, 1, 6, 6, generator=g)
+    wider = copies + 3 * torch.randn(32, 1, 6, 6, generator=g)
+    assert 0 < within_class_distance(spread, labels) < within_class_distance(wider, labels)

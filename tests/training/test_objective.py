@@ -67,3 +67,55 @@ def test_a_class_head_without_labels_is_refused(tmp_path, capsys):
             "--set", "model.conditional=false"]
     assert run_cli(argv) == 2
     assert "model.d_condition=classifier conditions D on the class" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- MSGAN's mode-seeking term
+
+
+def test_mode_seeking_is_the_inverse_of_image_distance_per_latent_distance(tmp_path):
+    t = trainer(tmp_path)
+    obj = t.objective
+    # a G that copies the first 4 latent coordinates, times `scale`, into a 2x2 image: the ratio of
+    # mean |G(z1) - G(z2)| to mean |z1 - z2| is then about `scale` (4 of z_dim coordinates, same spread)
+    for scale in (0.5, 2.0, 8.0):
+        obj.g_fast = lambda z, y, s=scale: s * z[:, :4].reshape(-1, 1, 2, 2)
+        torch.manual_seed(0)
+        assert float(obj.mode_seeking(None, 256)) == pytest.approx(1 / scale, rel=0.15)
+    obj.g_fast = lambda z, y: torch.zeros(len(z), 1, 2, 2) + 0 * z.sum()  # every latent to one image
+    assert float(obj.mode_seeking(None, 256)) == pytest.approx(1e5)
+    t.log.close()
+
+
+def test_mode_seeking_pairs_share_a_label_and_join_g_loss_at_its_weight(tmp_path):
+    t = trainer(tmp_path, mode_seeking=2.0)
+    obj = t.objective
+    seen = []
+    g = obj.g_fast
+    obj.g_fast = lambda z, y: (seen.append(y), g(z, y))[1]
+    x, labels = torch.rand(8, 1, 28, 28) * 2 - 1, torch.arange(8) % 10
+    fake = g(torch.randn(8, t.cfg.model.z_dim), labels).detach()
+    torch.manual_seed(1)
+    with_term = obj.generator(x, labels, fake)
+    assert torch.equal(seen[-1], labels[:4].repeat(2))  # pair i is images i and 4 + i: one label each
+    torch.manual_seed(1)
+    term = obj.mode_seeking(labels, 8)
+    t.cfg.loss.mode_seeking = 0.0
+    without = obj.generator(x, labels, fake)
+    assert float(with_term) == pytest.approx(float(without + 2.0 * term), rel=1e-5)
+    t.log.close()
+
+
+def test_mode_seeking_costs_no_privacy(tmp_path):
+    # G's term reads no real image: the same private run with and without it spends the same epsilon
+    import json
+
+    from conftest import PRIVATE
+
+    spent = {}
+    for name, weight in (("off", "0"), ("on", "1")):
+        argv = ["train", "--out", str(tmp_path), "--name", name, *PRIVATE, "--set", f"loss.mode_seeking={weight}",
+                "--max-steps", "3"]
+        assert run_cli(argv) == 0
+        spent[name] = json.loads((tmp_path / name / "privacy.json").read_text())
+    assert spent["on"]["steps"] == spent["off"]["steps"] == 3
+    assert spent["on"]["epsilon"] == spent["off"]["epsilon"] > 0
