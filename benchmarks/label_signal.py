@@ -55,23 +55,22 @@ def _grad_norm(d: torch.nn.Module, loss: torch.Tensor) -> float:
     return float(torch.cat([p.grad.flatten() for p in d.parameters() if p.grad is not None]).norm())
 
 
-def _generator_side(model, d: torch.nn.Module, loss, n: int) -> dict:
-    """G's two gradients at its own images, the head's verdict on them, and their variety within a class."""
+def _generator_side(model, d: torch.nn.Module, loss, n: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """G's two gradients at its own images and the head's verdict on them; the images and their labels."""
     from ganforge.outputs.model import generate, labels_for, latents
 
     labels = labels_for(model, 0, n, None)
     fake = generate(model, latents(0, 0, n, model.z_dim), labels).requires_grad_(True)
-    adversarial, classes = [], []
-    for i in range(n):
-        x, y = fake[i:i + 1], labels[i:i + 1]
-        logit, head = d(x, y, with_classes=True)
-        adversarial.append(float(torch.autograd.grad(loss.g_loss(logit, None), x, retain_graph=True)[0].norm()))
-        ce = model.cfg.loss.class_weight_g * F.cross_entropy(head, y)
-        classes.append(float(torch.autograd.grad(ce, x)[0].norm()))
-    with torch.no_grad():
-        accuracy = float((d(fake, labels, with_classes=True)[1].argmax(1) == labels).float().mean())
-    return {"g_adversarial_grad_norm": statistics.median(adversarial), "g_class_grad_norm": statistics.median(classes),
-            "generated_head_accuracy": accuracy, "generated": fake.detach(), "generated_labels": labels}
+    # One batched pass: D has no batch statistics here, so the gradient of the summed per-image
+    # losses with respect to image i is image i's own (g_loss is a mean, hence the factor n).
+    logit, head = d(fake, labels, with_classes=True)
+    adversarial = torch.autograd.grad(n * loss.g_loss(logit, None), fake, retain_graph=True)[0]
+    ce = model.cfg.loss.class_weight_g * F.cross_entropy(head, labels, reduction="sum")
+    classes = torch.autograd.grad(ce, fake)[0]
+    stats = {"g_adversarial_grad_norm": float(adversarial.flatten(1).norm(dim=1).median()),
+             "g_class_grad_norm": float(classes.flatten(1).norm(dim=1).median()),
+             "generated_head_accuracy": float((head.argmax(1) == labels).float().mean())}
+    return stats, fake.detach(), labels
 
 
 def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -135,10 +134,9 @@ def label_signal(run_dir: Path, *, checkpoint: Path | None = None, images: int =
     probed = (linear_probe(_pooled_features(d, train.images[:probe]), train.labels[:probe],
                            _pooled_features(d, data[held_out].images[:test]), y) if probe else None)
     adv, ce, w = statistics.median(adversarial), statistics.median(classes), cfg.loss.class_weight
-    g_side = _generator_side(model, d, loss, images * 8)
+    g_side, fake, fake_labels = _generator_side(model, d, loss, images * 8)
     real = train.images[:images * 8].float() / 127.5 - 1
-    variety = (within_class_distance(g_side.pop("generated"), g_side.pop("generated_labels"))
-               / within_class_distance(real, train.labels[:images * 8]))
+    variety = within_class_distance(fake, fake_labels) / within_class_distance(real, train.labels[:images * 8])
     return {"checkpoint": str(model.checkpoint), "adversarial_grad_norm": adv, "class_grad_norm": ce,
             "class_weight": w, "class_share": w * ce / (adv + w * ce), "head_accuracy": accuracy,
             **g_side, "class_weight_g": cfg.loss.class_weight_g, "generated_variety": variety,
