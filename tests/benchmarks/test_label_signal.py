@@ -35,10 +35,31 @@ def test_g_class_gradient_scales_with_class_weight_g(tmp_path):
     assert three["g_class_grad_norm"] / one["g_class_grad_norm"] == pytest.approx(3, rel=0.3)
 
 
-def test_a_run_without_a_class_head_is_one_line(tmp_path):
-    assert run_cli(["train", "--out", str(tmp_path), "--name", "r", *TINY, "--max-steps", "1"]) == 0
-    with pytest.raises(SystemExit, match="no class head"):
-        label_signal(tmp_path / "r")
+def test_a_projection_d_is_read_as_a_classifier_and_an_unconditional_run_is_one_line(tmp_path):
+    assert run_cli(["train", "--out", str(tmp_path), "--name", "p", *TINY, "--max-steps", "1"]) == 0
+    r = label_signal(tmp_path / "p", images=4, test=64, probe=128)
+    assert not r["has_head"] and r["class_grad_norm"] is None and r["class_share"] is None
+    assert r["g_class_grad_norm"] is None and r["adversarial_grad_norm"] > 0 and r["g_adversarial_grad_norm"] > 0
+    assert 0 <= r["head_accuracy"] <= 1 and 0 <= r["generated_head_accuracy"] <= 1 and 0 <= r["probe_accuracy"] <= 1
+    assert run_cli(["train", "--out", str(tmp_path), "--name", "u", *TINY, "--max-steps", "1",
+                    "--set", "model.conditional=false"]) == 0
+    with pytest.raises(SystemExit, match="unconditional"):
+        label_signal(tmp_path / "u")
+
+
+def test_a_projection_d_reads_the_label_through_its_class_embedding():
+    from benchmarks.label_signal import class_scores
+    from ganforge.models.dcgan import DCGANDiscriminator
+
+    d = DCGANDiscriminator(channels=1, size=28, width=8, num_classes=10, norm="layer").eval()
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scores = class_scores(d, x, 10)  # [6, 10]
+        features = d.features(x).sum(dim=(2, 3))  # phi(x), [6, ch]
+        # the unconditional part of the logit is the same for every label: only <embed(y), phi(x)> differs
+        expected = features @ (d.project.embed.weight - d.project.embed.weight[0]).T
+    assert scores.shape == (6, 10)
+    assert torch.allclose(scores - scores[:, :1], expected, atol=1e-4)
 
 
 def test_the_linear_probe_reads_separable_features_and_not_random_labels():
